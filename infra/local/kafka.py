@@ -1,0 +1,169 @@
+"""A single-node Apache Kafka 4.x broker in KRaft mode, from Maven Central jars.
+
+The jars are fetched by Maven through ``infra/kafka/pom.xml`` into
+``<state_dir>/kafka/lib``; the broker runs on the machine's Java 17. Data and logs stay
+under ``<state_dir>/kafka``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.local.base import LocalService, PrerequisiteError, port_is_open
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
+
+LOG4J2 = """\
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka.server.KafkaRaftServer
+        level: INFO
+"""
+
+
+@dataclass
+class KafkaService(LocalService):
+    """Kafka broker and KRaft controller in one JVM, listening on 127.0.0.1 only."""
+
+    name: str = "kafka"
+    heap: str = "1g"
+
+    def __post_init__(self) -> None:
+        self.ports.setdefault("broker", 9092)
+        self.ports.setdefault("controller", 9093)
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.home / "lib"
+
+    def url(self) -> str:
+        return f"127.0.0.1:{self.ports['broker']}"
+
+    def fetch_jars(self) -> None:
+        """Resolve the broker jars with Maven (a no-op when they are already there)."""
+        if any(self.lib_dir.glob("kafka_2.13-*.jar")):
+            return
+        if shutil.which("mvn") is None:
+            raise PrerequisiteError(
+                "kafka: Maven is missing; install it (Debian: apt-get install maven)."
+            )
+        self.lib_dir.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(POM), "package", f"-Dkafka.lib.dir={self.lib_dir}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise PrerequisiteError(
+                "kafka: Maven could not fetch the broker jars: "
+                + (result.stdout + result.stderr).strip().splitlines()[-1:][0]
+            )
+
+    def _java(self) -> str:
+        java = shutil.which("java")
+        if java is None:
+            raise PrerequisiteError("kafka: Java 17 or newer is missing; install it "
+                                    "(Debian: apt-get install openjdk-17-jre-headless).")
+        out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+        version = out.split('"')[1] if '"' in out else "0"
+        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+        if major < 17:
+            raise PrerequisiteError(f"kafka: Java {version} found, Kafka 4 needs Java 17 or newer.")
+        return java
+
+    def _classpath(self) -> str:
+        return str(self.lib_dir / "*")
+
+    def _write_config(self) -> Path:
+        data = self.home / "data"
+        broker, controller = self.ports["broker"], self.ports["controller"]
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(data),
+            "num.partitions": "4",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "log.retention.hours": "168",
+            "message.max.bytes": str(2 * 1024 * 1024),
+        }
+        path = self.home / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.home / "log4j2.yaml").write_text(LOG4J2)
+        return path
+
+    def prepare(self) -> None:
+        java = self._java()
+        self.fetch_jars()
+        config = self._write_config()
+        if (self.home / "data" / "meta.properties").exists():
+            return
+        cluster_id = (self.home / "cluster-id")
+        if not cluster_id.exists():
+            raw = uuid.uuid4().bytes
+            import base64
+
+            cluster_id.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("="))
+        result = subprocess.run(
+            [java, *self._jvm_flags(), "-cp", self._classpath(), "kafka.tools.StorageTool",
+             "format", "-t", cluster_id.read_text().strip(),
+             "-c", str(config), "--ignore-formatted"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise PrerequisiteError(
+                "kafka: formatting the KRaft storage failed: "
+                + (result.stdout + result.stderr).strip()[-400:]
+            )
+
+    def _jvm_flags(self) -> list[str]:
+        return [
+            f"-Dlog4j2.configurationFile={self.home / 'log4j2.yaml'}",
+            "-Djava.awt.headless=true",
+        ]
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        argv = [
+            self._java(), f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20", *self._jvm_flags(),
+            "-cp", self._classpath(), "kafka.Kafka", str(self.home / "server.properties"),
+        ]
+        return argv, {}
+
+    def healthy(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        if not port_is_open(self.ports["broker"]):
+            return False
+        admin = AdminClient({"bootstrap.servers": self.url(), "socket.timeout.ms": 2000,
+                             "log_level": 0})
+        metadata = admin.list_topics(timeout=2)
+        return len(metadata.brokers) >= 1

@@ -1,0 +1,144 @@
+"""Start, check and stop the local services as one stack.
+
+A service whose URL is given in the settings (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``,
+``TRITON_URL``) is external: nothing is started for it and ``down`` never touches it.
+The endpoints in use are written to ``<state_dir>/endpoints.json`` so that every
+process of the factory (worker, producer, tests) finds the same services.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra.local.base import LocalService, port_is_open
+from infra.local.kafka import KafkaService
+from infra.local.prometheus import PrometheusService
+from infra.local.redis import RedisService
+from infra.local.triton import TritonService
+from streams.settings import REPO_ROOT, Settings
+
+SERVICE_ORDER = ("kafka", "redis", "triton", "prometheus")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where each service of the stack answers."""
+
+    kafka: str
+    redis: str
+    triton: str
+    prometheus: str | None = None
+    triton_metrics: str | None = None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.__dict__, indent=2))
+        path.chmod(0o600)
+
+    @classmethod
+    def load(cls, path: Path) -> Endpoints:
+        return cls(**json.loads(path.read_text()))
+
+
+class Stack:
+    """The local services described by a :class:`Settings`."""
+
+    def __init__(self, settings: Settings, triton_repo: Path | None = None) -> None:
+        self.settings = settings
+        state = settings.state_dir
+        password = settings.redis_password.get() if settings.redis_password else None
+        self.services: dict[str, LocalService] = {}
+        if settings.kafka.bootstrap_servers is None:
+            self.services["kafka"] = KafkaService(
+                state,
+                ports={"broker": settings.kafka_port, "controller": settings.kafka_controller_port},
+            )
+        if settings.redis_url is None:
+            self.services["redis"] = RedisService(
+                state, ports={"redis": settings.redis_port}, password=password
+            )
+        if settings.triton_url is None:
+            self.services["triton"] = TritonService(
+                state,
+                ports={
+                    "http": settings.triton_http_port,
+                    "grpc": settings.triton_grpc_port,
+                    "metrics": settings.triton_metrics_port,
+                },
+                model_repository=triton_repo or REPO_ROOT / "triton_repo",
+            )
+        triton_metrics = (
+            f"127.0.0.1:{settings.triton_metrics_port}" if "triton" in self.services else None
+        )
+        targets = {"factory-worker": [f"127.0.0.1:{settings.worker_metrics_port}"]}
+        if triton_metrics:
+            targets["triton"] = [triton_metrics]
+        self.services["prometheus"] = PrometheusService(
+            state, ports={"web": settings.prometheus_port}, targets=targets
+        )
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.settings.state_dir / "endpoints.json"
+
+    def endpoints(self) -> Endpoints:
+        s = self.settings
+        kafka = s.kafka.bootstrap_servers or self.services["kafka"].url()
+        redis = s.redis_url.get() if s.redis_url else self.services["redis"].url()
+        triton = s.triton_url or self.services["triton"].url()
+        prometheus = self.services["prometheus"].url()
+        metrics = (
+            f"127.0.0.1:{s.triton_metrics_port}" if "triton" in self.services else None
+        )
+        return Endpoints(kafka, redis, triton, prometheus, metrics)
+
+    def _selected(self, names: Iterable[str] | None) -> list[str]:
+        wanted = set(names) if names else set(SERVICE_ORDER)
+        return [n for n in SERVICE_ORDER if n in wanted and n in self.services]
+
+    def up(self, names: Iterable[str] | None = None, echo: bool = True) -> Endpoints:
+        """Start the selected local services (all by default) and wait until healthy."""
+        for name in self._selected(names):
+            service = self.services[name]
+            started = time.monotonic()
+            already = service.running()
+            service.start()
+            if echo:
+                how = "already up" if already else f"up in {time.monotonic() - started:.1f} s"
+                print(f"{name:<11} {how:<18} {service.url()}", flush=True)
+        if "kafka" in self._selected(names) or self.settings.kafka.bootstrap_servers:
+            from streams.topics import ensure_topics
+
+            ensure_topics(self.settings, self.endpoints().kafka)
+        endpoints = self.endpoints()
+        endpoints.save(self.endpoints_file)
+        return endpoints
+
+    def down(self, names: Iterable[str] | None = None, echo: bool = True) -> None:
+        """Stop the selected local services in reverse order."""
+        for name in reversed(self._selected(names)):
+            self.services[name].stop()
+            if echo:
+                print(f"{name:<11} down", flush=True)
+
+    def status(self) -> dict[str, str]:
+        """One word a service: up, starting, down, or external."""
+        report: dict[str, str] = {}
+        for name in SERVICE_ORDER:
+            service = self.services.get(name)
+            if service is None:
+                report[name] = "external"
+                continue
+            if not service.running():
+                taken = any(port_is_open(p) for p in service.ports.values())
+                report[name] = "down (port taken by another process)" if taken else "down"
+                continue
+            try:
+                report[name] = "up" if service.healthy() else "starting"
+            except Exception:  # noqa: BLE001 - a failed health check is "starting"
+                report[name] = "starting"
+        return report

@@ -1,0 +1,83 @@
+"""Redis from Debian's ``redis-server``: the Feast online store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from infra.local.base import LocalService, PrerequisiteError
+
+
+def ensure_debian_package(binary: str, package: str, service: str) -> str:
+    """Return the path of ``binary``, installing the Debian ``package`` when it is missing.
+
+    Installing needs root and apt; without them the error says what to run.
+    """
+    path = shutil.which(binary)
+    if path:
+        return path
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise PrerequisiteError(
+            f"{service}: '{binary}' is missing; install it (Debian: apt-get install {package})."
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            raise PrerequisiteError(
+                f"{service}: 'apt-get install {package}' failed: {result.stderr.strip()[-300:]}"
+            )
+    path = shutil.which(binary)
+    if path is None:
+        raise PrerequisiteError(f"{service}: '{binary}' still missing after installing {package}.")
+    return path
+
+
+@dataclass
+class RedisService(LocalService):
+    """A Redis server bound to 127.0.0.1, without persistence (Feast can re-materialise).
+
+    ``password`` (from the ``REDIS_PASSWORD`` setting) turns on ``requirepass``.
+    """
+
+    name: str = "redis"
+    password: str | None = None
+
+    def __post_init__(self) -> None:
+        self.ports.setdefault("redis", 6379)
+
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.ports['redis']}/0"
+
+    def prepare(self) -> None:
+        ensure_debian_package("redis-server", "redis-server", "redis")
+        conf = [
+            "bind 127.0.0.1",
+            f"port {self.ports['redis']}",
+            f"dir {self.home}",
+            'save ""',
+            "appendonly no",
+            "protected-mode yes",
+            "daemonize no",
+            "logfile \"\"",
+        ]
+        if self.password:
+            conf.append(f"requirepass {self.password}")
+        path = self.home / "redis.conf"
+        path.write_text("\n".join(conf) + "\n")
+        path.chmod(0o600)
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [shutil.which("redis-server") or "redis-server", str(self.home / "redis.conf")], {}
+
+    def healthy(self) -> bool:
+        import redis
+
+        client = redis.Redis.from_url(self.url(), socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()

@@ -1,0 +1,60 @@
+"""The ``factory`` command.
+
+    factory up [SERVICE...]      start local services (kafka, redis, triton, prometheus)
+    factory down [SERVICE...]    stop them
+    factory status               one line a service
+    factory run [--events N]     the main job, end to end on simulated traffic
+    factory worker [...]         run one stream worker in the foreground
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from infra.local.base import PrerequisiteError, ServiceError
+from infra.local.manager import SERVICE_ORDER, Stack
+from streams.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["worker"]:
+        from streams.worker import main as worker_main
+
+        worker_main(argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(prog="factory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "down"):
+        sub = commands.add_parser(name, help=f"{name} local services")
+        sub.add_argument("services", nargs="*", choices=[[], *SERVICE_ORDER], default=[])
+    commands.add_parser("status", help="state of each service")
+    run = commands.add_parser("run", help="the main job end to end")
+    run.add_argument("--events", type=int, default=5000)
+    run.add_argument("--keep-up", action="store_true", help="leave the services running")
+    commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            from streams.job import run as run_job
+
+            run_job(n_events=args.events, keep_up=args.keep_up)
+            return 0
+        stack = Stack(Settings.from_env())
+        if args.command == "up":
+            stack.up(args.services or None)
+        elif args.command == "down":
+            stack.down(args.services or None)
+        else:
+            for name, state in stack.status().items():
+                print(f"{name:<11} {state}")
+    except (PrerequisiteError, ServiceError) as exc:
+        print(f"factory: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Small confluent-kafka clients: produce transactions, read a topic back."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams.settings import Settings
+from streams.topics import TRANSACTIONS
+
+EPOCH = pd.Timestamp("1970-01-01")
+
+
+def transactions_from_frame(frame: pd.DataFrame) -> Iterable[tuple[bytes, bytes]]:
+    """``(key, value)`` pairs of transaction records from a simulator-shaped frame.
+
+    The frame has the handbook's columns (``TRANSACTION_ID``, ``TX_DATETIME``,
+    ``CUSTOMER_ID``, ``TERMINAL_ID``, ``TX_AMOUNT``); the key is the card id.
+    """
+    seconds = (frame["TX_DATETIME"].to_numpy("datetime64[ns]").astype("int64") // 10**9)
+    columns = zip(
+        frame["TRANSACTION_ID"].to_numpy(np.int64).tolist(),
+        seconds.tolist(),
+        frame["CUSTOMER_ID"].to_numpy(np.int64).tolist(),
+        frame["TERMINAL_ID"].to_numpy(np.int64).tolist(),
+        frame["TX_AMOUNT"].to_numpy(np.float64).tolist(),
+        strict=True,
+    )
+    for tx_id, event_time, card, terminal, amount in columns:
+        value = (
+            f'{{"v":1,"tx_id":{tx_id},"event_time":{event_time},"card_id":{card},'
+            f'"terminal_id":{terminal},"amount":{amount!r}}}'
+        )
+        yield str(card).encode(), value.encode()
+
+
+def producer(bootstrap: str, settings: Settings, **extra: object) -> Producer:
+    return Producer({
+        **settings.kafka.client_config(bootstrap),
+        "linger.ms": 20,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 500000,
+        "compression.type": "lz4",
+        "message.max.bytes": 2 * 1024 * 1024,
+        **extra,
+    })
+
+
+def produce(bootstrap: str, settings: Settings, messages: Iterable[tuple[bytes | None, bytes]],
+            topic: str = TRANSACTIONS) -> int:
+    """Produce ``(key, value)`` pairs and wait until Kafka acknowledged every one."""
+    client = producer(bootstrap, settings)
+    errors: list[str] = []
+
+    def on_delivery(err, _msg) -> None:  # noqa: ANN001
+        if err is not None:
+            errors.append(str(err))
+
+    count = 0
+    for key, value in messages:
+        while True:
+            try:
+                client.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:
+                client.poll(0.05)
+        count += 1
+        if count % 10000 == 0:
+            client.poll(0)
+    if client.flush(60) != 0 or errors:
+        raise RuntimeError(f"producing to {topic} failed: {errors[:3]}")
+    return count
+
+
+@dataclass
+class Received:
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    partition: int
+    offset: int
+
+
+def consume(bootstrap: str, settings: Settings, topic: str, *,
+            until: Callable[[list[Received]], bool], timeout_s: float = 120.0,
+            start: dict[int, int] | None = None, progress: str | None = None) -> list[Received]:
+    """Read ``topic`` until ``until(received)`` is true or the timeout passes.
+
+    ``start`` maps partitions to the offsets to read from (as given by
+    :func:`topic_end_offsets` before producing); without it every partition is read from
+    the beginning. ``progress`` names what is counted in a progress line on stderr.
+    """
+    consumer = Consumer({
+        **settings.kafka.client_config(bootstrap),
+        "group.id": f"reader-{uuid.uuid4().hex[:12]}",
+        "enable.auto.commit": False,
+    })
+    if start is None:
+        start = {p: 0 for p in _partitions(consumer, topic)}
+    consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
+    received: list[Received] = []
+    deadline = time.monotonic() + timeout_s
+    shown = time.monotonic()
+    try:
+        while time.monotonic() < deadline and not until(received):
+            for message in consumer.consume(num_messages=5000, timeout=0.2):
+                if message.error():
+                    continue
+                received.append(Received(message.key(), message.value(),
+                                         list(message.headers() or []),
+                                         message.partition(), message.offset()))
+            if progress and time.monotonic() - shown > 1.0:
+                shown = time.monotonic()
+                print(f"  {len(received):,} {progress} read", file=sys.stderr, flush=True)
+    finally:
+        consumer.close()
+    return received
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    if metadata.error is not None:
+        raise RuntimeError(f"topic {topic!r}: {metadata.error}")
+    return sorted(metadata.partitions)
+
+
+def topic_end_offsets(bootstrap: str, settings: Settings, topic: str) -> dict[int, int]:
+    """The high watermark of each partition of ``topic``: where new messages will go."""
+    consumer = Consumer({**settings.kafka.client_config(bootstrap),
+                         "group.id": f"offsets-{uuid.uuid4().hex[:8]}"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in _partitions(consumer, topic)
+        }
+    finally:
+        consumer.close()

@@ -1,0 +1,117 @@
+"""The stream's view of Feast: the feature order, pushes, and online reads.
+
+The feature service of a model version (``fraud_detector_v1``) is the contract between
+training and serving; :func:`model_feature_order` reads it from the Feast registry so the
+order is written down once, in ``feature_repo/features.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+
+from streams.settings import REPO_ROOT
+
+FEATURE_REPO = REPO_ROOT / "feature_repo"
+TRANSACTION_FEATURES = ("tx_amount", "tx_during_weekend", "tx_during_night")
+CARD_VIEW = "card_activity"
+TERMINAL_VIEW = "terminal_risk"
+
+
+def feast_redis_connection(redis_url: str) -> str:
+    """Turn ``redis://[:password@]host:port/db`` into Feast's ``host:port,password=..`` form."""
+    parsed = urlparse(redis_url)
+    if parsed.scheme not in ("redis", "rediss"):
+        raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {parsed.scheme!r}")
+    parts = [f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"]
+    if parsed.password:
+        parts.append(f"password={unquote(parsed.password)}")
+    if parsed.scheme == "rediss":
+        parts.append("ssl=true")
+    db = parsed.path.lstrip("/")
+    if db and db != "0":
+        parts.append(f"db={db}")
+    return ",".join(parts)
+
+
+def open_store(redis_url: str, repo: Path = FEATURE_REPO):  # noqa: ANN201 - feast type
+    """A Feast ``FeatureStore`` on ``repo`` whose online store is ``redis_url``."""
+    from feast import FeatureStore
+
+    os.environ["FEAST_REDIS_CONNECTION"] = feast_redis_connection(redis_url)
+    return FeatureStore(repo_path=str(repo))
+
+
+def apply_repo(redis_url: str, repo: Path = FEATURE_REPO) -> None:
+    """The equivalent of ``feast -c feature_repo apply``, done in-process."""
+    from feast.repo_operations import apply_total, cli_check_repo
+
+    os.environ["FEAST_REDIS_CONNECTION"] = feast_redis_connection(redis_url)
+    (repo / "data").mkdir(exist_ok=True)
+    store = open_store(redis_url, repo)
+    cli_check_repo(repo, repo / "feature_store.yaml")
+    apply_total(store.config, repo, skip_source_validation=True)
+
+
+def model_feature_order(store, service: str = "fraud_detector_v1") -> list[str]:  # noqa: ANN001
+    """Model input names in order: the transaction's own, then the service's features."""
+    feature_service = store.get_feature_service(service)
+    names = list(TRANSACTION_FEATURES)
+    for projection in feature_service.feature_view_projections:
+        names += [f"{projection.name}__{field.name}" for field in projection.features]
+    return names
+
+
+class OnlineFeatures:
+    """Batched pushes of card features and reads of terminal features through Feast."""
+
+    def __init__(self, store, service: str = "fraud_detector_v1") -> None:  # noqa: ANN001
+        self.store = store
+        feature_service = store.get_feature_service(service)
+        self.views = {p.name: [f.name for f in p.features]
+                      for p in feature_service.feature_view_projections}
+        self.order = model_feature_order(store, service)
+
+    def push_card_activity(self, card_ids: np.ndarray, event_times: np.ndarray,
+                           values: np.ndarray) -> None:
+        """Push one row per card (the latest state) to the card view, online."""
+        from feast.data_source import PushMode
+
+        frame = pd.DataFrame(values, columns=self.views[CARD_VIEW])
+        for name in self.views[CARD_VIEW]:
+            if name.startswith("nb_tx"):
+                frame[name] = frame[name].astype("int64")
+        frame.insert(0, "card_id", card_ids.astype("int64"))
+        frame["event_timestamp"] = pd.to_datetime(event_times, unit="s", utc=True)
+        self.store.push("card_activity_push", frame, to=PushMode.ONLINE)
+
+    def push_terminal_risk(self, terminal_ids: np.ndarray, event_times: np.ndarray,
+                           values: np.ndarray) -> None:
+        """Push one row per terminal to the terminal view, online."""
+        from feast.data_source import PushMode
+
+        frame = pd.DataFrame(values, columns=self.views[TERMINAL_VIEW])
+        for name in self.views[TERMINAL_VIEW]:
+            if name.startswith("nb_tx"):
+                frame[name] = frame[name].astype("int64")
+        frame.insert(0, "terminal_id", terminal_ids.astype("int64"))
+        frame["event_timestamp"] = pd.to_datetime(event_times, unit="s", utc=True)
+        self.store.push("terminal_risk_push", frame, to=PushMode.ONLINE)
+
+    def read(self, view: str, key: str, ids: np.ndarray) -> np.ndarray:
+        """Online values of ``view`` for ``ids`` in the service's field order; missing -> 0."""
+        names = self.views[view]
+        unique, inverse = np.unique(ids.astype("int64"), return_inverse=True)
+        response = self.store.get_online_features(
+            features=[f"{view}:{name}" for name in names],
+            entity_rows=[{key: int(i)} for i in unique],
+        ).to_dict()
+        table = np.zeros((len(unique), len(names)), dtype=np.float64)
+        for j, name in enumerate(names):
+            column = response[name]
+            table[:, j] = [0.0 if v is None else float(v) for v in column]
+        return table[inverse]

@@ -1,0 +1,43 @@
+"""Prometheus metrics of the stream worker."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class WorkerMetrics:
+    """The worker's counters and histograms, on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("factory_events_in", "Transactions read", registry=r)
+        self.scored = Counter("factory_events_scored", "Transactions scored", registry=r)
+        self.dead_lettered = Counter(
+            "factory_events_dead_lettered", "Events sent to the dead-letter topic",
+            ["reason"], registry=r,
+        )
+        self.scoring_latency = Histogram(
+            "factory_scoring_latency_seconds", "Triton call latency per micro-batch",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "factory_end_to_end_latency_seconds", "Event append to score produce",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "factory_batch_size", "Events a micro-batch",
+            buckets=(1, 8, 32, 128, 512, 1024, 2048, 4096), registry=r,
+        )
+        self.triton_errors = Counter(
+            "factory_triton_errors", "Failed Triton calls (retried)", registry=r
+        )
+        self.ready = Gauge(
+            "factory_worker_ready", "1 once the worker can score (Feast, Triton, model)",
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "factory_model_version", "Model version serving", registry=r
+        )

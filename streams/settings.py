@@ -1,0 +1,124 @@
+"""Settings of every deployable, read from the environment in this one module.
+
+A setting that names an existing service (``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``,
+``TRITON_URL``) means "use it, start nothing local for it". Credentials only ever come
+from the environment and are kept in :class:`Secret` so that they never show in a repr
+or a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Secret:
+    """A credential that prints as ``'**********'``."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _secret(name: str) -> Secret | None:
+    value = _env(name)
+    return Secret(value) if value else None
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach Kafka; SASL and TLS are plain settings."""
+
+    bootstrap_servers: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    ssl_ca_location: str | None = None
+
+    def client_config(self, bootstrap: str) -> dict[str, str]:
+        """librdkafka (confluent-kafka) options for this connection."""
+        config = {"bootstrap.servers": bootstrap, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = self.ssl_ca_location
+        return config
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the factory reads from the environment."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    redis_url: Secret | None = None
+    redis_password: Secret | None = None
+    triton_url: str | None = None
+    state_dir: Path = REPO_ROOT / ".factory"
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    redis_port: int = 6379
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    prometheus_port: int = 9090
+    worker_metrics_port: int = 8100
+    worker_web_port: int = 6066
+    partitions: int = 4
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        kafka = KafkaSettings(
+            bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS"),
+            security_protocol=_env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),  # type: ignore[arg-type]
+            sasl_mechanism=_env("KAFKA_SASL_MECHANISM"),
+            sasl_username=_env("KAFKA_SASL_USERNAME"),
+            sasl_password=_secret("KAFKA_SASL_PASSWORD"),
+            ssl_ca_location=_env("KAFKA_SSL_CA_LOCATION"),
+        )
+        ints = {
+            name: int(value)
+            for name, var in (
+                ("kafka_port", "FACTORY_KAFKA_PORT"),
+                ("kafka_controller_port", "FACTORY_KAFKA_CONTROLLER_PORT"),
+                ("redis_port", "FACTORY_REDIS_PORT"),
+                ("triton_http_port", "FACTORY_TRITON_HTTP_PORT"),
+                ("triton_grpc_port", "FACTORY_TRITON_GRPC_PORT"),
+                ("triton_metrics_port", "FACTORY_TRITON_METRICS_PORT"),
+                ("prometheus_port", "FACTORY_PROMETHEUS_PORT"),
+                ("worker_metrics_port", "FACTORY_WORKER_METRICS_PORT"),
+                ("worker_web_port", "FACTORY_WORKER_WEB_PORT"),
+                ("partitions", "FACTORY_PARTITIONS"),
+            )
+            if (value := _env(var)) is not None
+        }
+        state = _env("FACTORY_STATE_DIR")
+        return cls(
+            kafka=kafka,
+            redis_url=_secret("REDIS_URL"),
+            redis_password=_secret("REDIS_PASSWORD"),
+            triton_url=_env("TRITON_URL"),
+            state_dir=Path(state) if state else REPO_ROOT / ".factory",
+            **ints,
+        )

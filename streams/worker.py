@@ -1,0 +1,175 @@
+"""Run one stream worker: ``python -m streams.worker`` (or ``factory worker``).
+
+The worker reads its service endpoints from the settings, falling back to the local
+stack's ``endpoints.json``, serves Prometheus metrics on 127.0.0.1, and runs the Faust
+app until it is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from prometheus_client import start_http_server
+
+from infra.local.manager import Endpoints
+from streams.app import WorkerConfig, create_app
+from streams.metrics import WorkerMetrics
+from streams.scoring import DecisionPolicy
+from streams.settings import REPO_ROOT, Settings
+
+
+def worker_config(settings: Settings, **overrides: object) -> WorkerConfig:
+    """Endpoints from the settings, or from the local stack started by ``factory up``."""
+    path = settings.state_dir / "endpoints.json"
+    local = Endpoints.load(path) if path.exists() else None
+
+    def pick(explicit: str | None, name: str) -> str:
+        if explicit:
+            return explicit
+        if local is None:
+            raise SystemExit(f"no {name} endpoint: run 'factory up' or set the setting for it")
+        return str(getattr(local, name))
+
+    return WorkerConfig(
+        kafka=pick(settings.kafka.bootstrap_servers, "kafka"),
+        redis_url=pick(settings.redis_url.get() if settings.redis_url else None, "redis"),
+        triton_url=pick(settings.triton_url, "triton"),
+        settings=settings,
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="factory worker", description=__doc__)
+    parser.add_argument("--batch-max", type=int, default=1024)
+    parser.add_argument("--batch-wait", type=float, default=0.05)
+    parser.add_argument("--review-at", type=float, default=0.5)
+    parser.add_argument("--block-at", type=float, default=0.9)
+    parser.add_argument("--log-level", default="warn", choices=("crit", "error", "warn", "info", "debug"))
+    parser.add_argument("--app-id", default="fraud-factory",
+                        help="consumer group and table namespace of the worker")
+    parser.add_argument("--offset-reset", choices=("earliest", "latest"), default="earliest",
+                        help="where a new consumer group starts reading")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    config = worker_config(
+        settings, batch_max=args.batch_max, batch_wait_s=args.batch_wait,
+        policy=DecisionPolicy(args.review_at, args.block_at),
+        app_id=args.app_id, offset_reset=args.offset_reset,
+    )
+    metrics = WorkerMetrics()
+    start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    logging.basicConfig(level={"crit": "CRITICAL", "warn": "WARNING"}.get(args.log_level, args.log_level.upper()))
+    app = create_app(config, metrics)
+    sys.argv = [sys.argv[0], "worker", "--loglevel", args.log_level, "--without-web"]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()
+
+
+class WorkerProcess:
+    """A worker in a child process, for the main job and the integration tests."""
+
+    def __init__(self, settings: Settings, app_id: str, *, env: dict[str, str] | None = None,
+                 offset_reset: str = "latest", log_path: str | None = None,
+                 extra_args: list[str] | None = None, metrics_port: int | None = None) -> None:
+        self.settings = settings
+        self.metrics_port = metrics_port or settings.worker_metrics_port
+        self.app_id = app_id
+        self.env = env
+        self.offset_reset = offset_reset
+        self.log_path = log_path
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, bootstrap: str, timeout_s: float = 90.0) -> None:
+        """Start the worker and wait until its consumer group owns every partition."""
+        argv = [sys.executable, "-m", "streams.worker", "--app-id", self.app_id,
+                "--offset-reset", self.offset_reset, *self.extra_args]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT,
+            env={**os.environ, **(self.env or {}),
+                 "FACTORY_WORKER_METRICS_PORT": str(self.metrics_port)},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if not self.alive():
+                raise RuntimeError(f"worker exited with code {self.proc.returncode} during start")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready within {timeout_s:.0f} s")
+            time.sleep(0.25)
+        wait_for_group(bootstrap, self.settings, self.app_id, self.proc,
+                       max(5.0, deadline - time.monotonic()))
+
+    def metrics(self) -> dict[str, float]:
+        """The worker's Prometheus samples (name with labels -> value); empty when down."""
+        import urllib.request
+
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    def ready(self) -> bool:
+        return self.metrics().get("factory_worker_ready", 0.0) == 1.0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, kill: bool = False, timeout_s: float = 30.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+
+def wait_for_group(bootstrap: str, settings: Settings, group: str,
+                   proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    """Block until consumer group ``group`` is stable with every transactions partition."""
+    from confluent_kafka.admin import AdminClient
+
+    from streams.topics import TRANSACTIONS
+
+    admin = AdminClient({**settings.kafka.client_config(bootstrap), "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode} during start")
+        try:
+            description = admin.describe_consumer_groups([group])[group].result(timeout=5)
+            owned = {
+                tp.partition
+                for member in description.members
+                for tp in member.assignment.topic_partitions
+                if tp.topic == TRANSACTIONS
+            }
+            if str(description.state).endswith("STABLE") and len(owned) == settings.partitions:
+                return
+        except Exception:  # noqa: BLE001 - not there yet
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"worker group {group!r} did not take its partitions in {timeout_s:.0f} s")
