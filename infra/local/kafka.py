@@ -49,7 +49,8 @@ class KafkaService(LocalService):
 
     @property
     def lib_dir(self) -> Path:
-        return self.home / "lib"
+        # The jars are an installation, shared by every state folder.
+        return REPO_ROOT / ".factory" / "kafka" / "lib"
 
     def url(self) -> str:
         return f"127.0.0.1:{self.ports['broker']}"
