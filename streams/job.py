@@ -97,10 +97,11 @@ class Summary:
               f"model versions {self.model_versions}")
 
 
-def run(n_events: int = 5000, keep_up: bool = False) -> Summary:
+def run(n_events: int = 5000, keep_up: bool = False, settings: Settings | None = None,
+        triton_repo: Path = TRITON_REPO) -> Summary:
     """Run the factory end to end once and return its summary."""
-    settings = Settings.from_env()
-    stack = Stack(settings, triton_repo=TRITON_REPO)
+    settings = settings or Settings.from_env()
+    stack = Stack(settings, triton_repo=triton_repo)
     already = {name for name, state in stack.status().items() if state == "up"}
     log("starting services")
     endpoints = stack.up()
@@ -108,9 +109,9 @@ def run(n_events: int = 5000, keep_up: bool = False) -> Summary:
     try:
         log("applying the Feast repository")
         apply_repo(endpoints.redis)
-        version = ensure_first_model()
+        version = ensure_first_model(triton_repo)
         log(f"loading fraud_detector version {version} into Triton")
-        load_model(endpoints.triton, [version])
+        load_model(endpoints.triton, [version], repo=triton_repo)
 
         from models.simulator import simulate
 
@@ -122,6 +123,7 @@ def run(n_events: int = 5000, keep_up: bool = False) -> Summary:
         app_id = f"fraud-factory-run-{uuid.uuid4().hex[:8]}"
         worker = WorkerProcess(settings, app_id, offset_reset="latest",
                                log_path=str(settings.state_dir / "worker.log"),
+                               metrics_port=settings.worker_metrics_port,
                                env={"FACTORY_STATE_DIR": str(settings.state_dir)})
         log(f"starting a stream worker ({app_id})")
         worker.start(endpoints.kafka)

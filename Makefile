@@ -1,0 +1,14 @@
+# The two commands of the README. Both install what they need first (infra/setup.sh).
+.PHONY: run test setup lint
+
+setup:
+	@bash infra/setup.sh
+
+run: setup
+	.venv/bin/factory run
+
+test: setup
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check streams models infra tests bench

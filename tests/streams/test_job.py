@@ -1,0 +1,38 @@
+"""The README's main command, end to end on its own fresh services."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from infra.local.base import free_port, port_is_open
+from streams.job import run
+from streams.settings import REPO_ROOT, Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_main_job_scores_every_transaction_and_stops_its_services(tmp_path: Path) -> None:
+    repo = tmp_path / "triton_repo"
+    (repo / "fraud_detector").mkdir(parents=True)
+    shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
+                    repo / "fraud_detector" / "config.pbtxt")
+    settings = dataclasses.replace(
+        Settings(), state_dir=tmp_path / "state", kafka_port=free_port(),
+        kafka_controller_port=free_port(), redis_port=free_port(),
+        triton_http_port=free_port(), triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(), prometheus_port=free_port(),
+        worker_metrics_port=free_port(),
+    )
+    summary = run(n_events=800, settings=settings, triton_repo=repo)
+    assert summary.produced == 800
+    assert summary.distinct == 800 and summary.duplicates == 0
+    assert summary.model_versions == [1]
+    assert sum(summary.decisions.values()) == 800
+    assert (repo / "fraud_detector" / "1" / "model.onnx").exists()
+    ports = [settings.kafka_port, settings.redis_port, settings.triton_grpc_port,
+             settings.prometheus_port, settings.worker_metrics_port]
+    assert not [p for p in ports if port_is_open(p)]
