@@ -86,9 +86,10 @@ def worker_factory(live_stack: LiveStack, tmp_path: Path) -> Iterator[Callable[.
 
     def start(**kwargs: object) -> WorkerProcess:
         app_id = f"test-worker-{uuid.uuid4().hex[:8]}"
+        kwargs.setdefault("metrics_port", free_port())
         worker = WorkerProcess(
             live_stack.settings, app_id, offset_reset="latest",
-            log_path=str(tmp_path / f"{app_id}.log"), metrics_port=free_port(),
+            log_path=str(tmp_path / f"{app_id}.log"),
             env={"FACTORY_STATE_DIR": str(live_stack.settings.state_dir)}, **kwargs,
         )
         started.append(worker)

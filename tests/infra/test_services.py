@@ -64,3 +64,33 @@ def test_external_services_are_used_and_never_started(tmp_path: Path) -> None:
     assert "triton" not in stack.services
     assert stack.status()["triton"] == "external"
     assert stack.endpoints().triton == "triton.example:8001"
+
+
+def test_missing_java_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    from infra.local.kafka import KafkaService
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PrerequisiteError) as caught:
+        KafkaService(tmp_path, ports={"broker": free_port(), "controller": free_port()}).start()
+    assert "\n" not in str(caught.value)
+    assert "Java 17" in str(caught.value) and "install" in str(caught.value)
+
+
+def test_prometheus_scrapes_triton(live_stack) -> None:  # noqa: ANN001
+    import json
+    import time
+    import urllib.request
+
+    url = f"{live_stack.endpoints.prometheus}/api/v1/query?query=up"
+    deadline = time.monotonic() + 30
+    jobs: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            result = json.loads(response.read())["data"]["result"]
+        jobs = {r["metric"]["job"]: r["value"][1] for r in result}
+        if jobs.get("triton") == "1":
+            break
+        time.sleep(1)
+    assert jobs.get("triton") == "1", jobs
+    assert "factory-worker" in jobs

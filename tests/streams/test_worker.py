@@ -74,7 +74,8 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     assert np.allclose(online.read(TERMINAL_VIEW, "terminal_id", np.array(terminals)),
                        np.array([values[t] for t in terminals]))
 
-    worker = worker_factory()
+    # This worker serves metrics where the stack's Prometheus scrapes them.
+    worker = worker_factory(metrics_port=live_stack.settings.worker_metrics_port)
     start = topic_end_offsets(live_stack.endpoints.kafka, live_stack.settings, SCORES)
     produce(live_stack.endpoints.kafka, live_stack.settings,
             ((str(tx.card_id).encode(), tx.to_json()) for tx in txs))
@@ -107,6 +108,27 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     cards = np.array(sorted(last))
     assert np.allclose(online.read("card_activity", "card_id", cards),
                        np.stack([last[c] for c in cards]))
+    assert prometheus_value(live_stack, "factory_events_scored_total", len(txs)) >= len(txs)
+
+
+def prometheus_value(live_stack, query: str, at_least: float,  # noqa: ANN001
+                     timeout_s: float = 30.0) -> float:
+    """The value Prometheus has scraped for ``query``, waiting for the next scrape."""
+    import time
+    import urllib.parse
+    import urllib.request
+
+    url = f"{live_stack.endpoints.prometheus}/api/v1/query?query={urllib.parse.quote(query)}"
+    deadline = time.monotonic() + timeout_s
+    value = 0.0
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            result = json.loads(response.read())["data"]["result"]
+        value = sum(float(r["value"][1]) for r in result)
+        if value >= at_least:
+            break
+        time.sleep(1)
+    return value
 
 
 BAD_EVENTS: list[tuple[bytes, str]] = [

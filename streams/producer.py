@@ -1,0 +1,576 @@
+"""The replay producer: a transaction table into ``transactions``, its labels into ``labels``.
+
+A dataset (simulated, optionally with drift, or a parquet file) is replayed in event-time
+order, each transaction keyed by card id. The label of a transaction at event time ``t``
+is produced when the replay clock (the event time of the transactions sent so far)
+passes ``known_at = t + delay``, and only once the transactions that moved the clock
+there are acknowledged by Kafka, so that no label is appended before the transaction
+whose event time reaches its ``known_at``. Labels are keyed by **terminal id**: their
+consumer keeps terminal risk state, which then lives in the partition of its terminal.
+Labels still pending at the end of the dataset are flushed (``--no-flush-labels`` keeps
+them back).
+
+Progress, a checkpoint of where the replay stands (next row, label position; keyed by a
+fingerprint of the dataset's content, under ``<state_dir>/producer/``) and pacing on event
+time (``--speed N`` is N times real time) are handled here; ``factory replay`` calls
+:func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from streams.settings import Settings
+from streams.topics import LABELS, TRANSACTIONS
+
+REQUIRED_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
+LABEL_COLUMN = "TX_FRAUD"
+DELAY_COLUMN = "LABEL_DELAY_DAYS"
+SECONDS_PER_DAY = 86400
+
+DeliveryCallback = Callable[[object, object], None]
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be replayed; the message names the column at fault."""
+
+
+def validate_frame(df: pd.DataFrame, labels: bool = True) -> None:
+    """Check every column the replay reads, before anything is produced.
+
+    Raises
+    ------
+    DatasetError
+        Naming the first column that is missing, has missing values, has the wrong
+        type or invalid values, or (TX_DATETIME) is not sorted.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DatasetError(f"column {missing[0]!r} is missing (required: "
+                           f"{', '.join(REQUIRED_COLUMNS)}, and {LABEL_COLUMN} for labels)")
+    if labels and LABEL_COLUMN not in df.columns:
+        raise DatasetError(f"column {LABEL_COLUMN!r} is missing: labels need it "
+                           "(replay without labels with --no-labels)")
+    wanted = [*REQUIRED_COLUMNS, *([LABEL_COLUMN] if labels else []),
+              *([DELAY_COLUMN] if DELAY_COLUMN in df.columns else [])]
+    for name in wanted:
+        column = df[name]
+        if column.isna().any():
+            row = int(np.flatnonzero(column.isna().to_numpy())[0])
+            raise DatasetError(f"column {name!r} has {int(column.isna().sum())} missing "
+                               f"values (first at row {row})")
+        kind = column.dtype.kind
+        if name == "TX_DATETIME":
+            if not pd.api.types.is_datetime64_any_dtype(column.dtype):
+                raise DatasetError(f"column {name!r} must be a timestamp, got {column.dtype}")
+        elif name in ("TX_AMOUNT", DELAY_COLUMN):
+            if kind not in "iuf":
+                raise DatasetError(f"column {name!r} must be numeric, got {column.dtype}")
+            values = column.to_numpy(np.float64)
+            if not np.isfinite(values).all() or (values < 0).any():
+                raise DatasetError(f"column {name!r} must be finite and >= 0")
+        elif name == LABEL_COLUMN:
+            if kind not in "iub" or not column.isin([0, 1]).all():
+                raise DatasetError(f"column {name!r} must hold 0 or 1, got {column.dtype}")
+        elif kind not in "iu":
+            raise DatasetError(f"column {name!r} must be integers, got {column.dtype}")
+        elif (column.to_numpy() < 0).any():
+            raise DatasetError(f"column {name!r} must be >= 0")
+    if df["TRANSACTION_ID"].duplicated().any():
+        value = df["TRANSACTION_ID"][df["TRANSACTION_ID"].duplicated()].iloc[0]
+        raise DatasetError(f"column 'TRANSACTION_ID' has duplicates (e.g. {value})")
+    times = _epoch_ns(df["TX_DATETIME"])
+    unsorted = np.flatnonzero(np.diff(times) < 0)
+    if len(unsorted):
+        row = int(unsorted[0]) + 1
+        raise DatasetError(f"column 'TX_DATETIME' is not sorted: row {row} is earlier than "
+                           f"row {row - 1}; sort the file by TX_DATETIME first")
+
+
+def _epoch_ns(column: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch; naive timestamps are taken as UTC."""
+    if getattr(column.dtype, "tz", None) is not None:
+        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+    return column.to_numpy("datetime64[ns]").view(np.int64)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Columns of a validated table, as the replay reads them (event time in seconds)."""
+
+    tx_id: np.ndarray
+    event_time: np.ndarray
+    card_id: np.ndarray
+    terminal_id: np.ndarray
+    amount: np.ndarray
+    is_fraud: np.ndarray | None
+    delay_s: np.ndarray
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, labels: bool = True,
+                   default_delay_days: float = 7.0) -> Dataset:
+        """Validate ``df`` and take its columns; ``LABEL_DELAY_DAYS`` overrides the default."""
+        validate_frame(df, labels)
+        delays = (df[DELAY_COLUMN].to_numpy(np.float64) if DELAY_COLUMN in df.columns
+                  else np.full(len(df), float(default_delay_days)))
+        return cls(
+            tx_id=df["TRANSACTION_ID"].to_numpy(np.int64),
+            event_time=_epoch_ns(df["TX_DATETIME"]) // 10**9,
+            card_id=df["CUSTOMER_ID"].to_numpy(np.int64),
+            terminal_id=df["TERMINAL_ID"].to_numpy(np.int64),
+            amount=df["TX_AMOUNT"].to_numpy(np.float64),
+            is_fraud=df[LABEL_COLUMN].to_numpy(np.int64) if labels else None,
+            delay_s=np.rint(delays * SECONDS_PER_DAY).astype(np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.tx_id)
+
+    def fingerprint(self) -> str:
+        """A digest of the replayed content, the key of the checkpoint."""
+        digest = hashlib.blake2b(digest_size=16)
+        for array in (self.tx_id, self.event_time, self.card_id, self.terminal_id,
+                      self.amount, self.delay_s,
+                      self.is_fraud if self.is_fraud is not None else np.zeros(0)):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
+    def encode_transactions(self, start: int, end: int) -> tuple[list[bytes], list[bytes]]:
+        """Keys (card id) and JSON values of rows ``start..end-1``."""
+        cards = self.card_id[start:end].tolist()
+        values = [
+            f'{{"v":1,"tx_id":{i},"event_time":{t},"card_id":{c},"terminal_id":{m},'
+            f'"amount":{a!r}}}'.encode()
+            for i, t, c, m, a in zip(self.tx_id[start:end].tolist(),
+                                     self.event_time[start:end].tolist(), cards,
+                                     self.terminal_id[start:end].tolist(),
+                                     self.amount[start:end].tolist(), strict=True)
+        ]
+        return [str(c).encode() for c in cards], values
+
+    def encode_labels(self, rows: np.ndarray) -> tuple[list[bytes], list[bytes]]:
+        """Keys (terminal id) and JSON label values of ``rows``."""
+        assert self.is_fraud is not None
+        terminals = self.terminal_id[rows].tolist()
+        times = self.event_time[rows]
+        values = [
+            f'{{"v":1,"tx_id":{i},"card_id":{c},"terminal_id":{m},"event_time":{t},'
+            f'"is_fraud":{f},"known_at":{k}}}'.encode()
+            for i, c, m, t, f, k in zip(self.tx_id[rows].tolist(), self.card_id[rows].tolist(),
+                                        terminals, times.tolist(), self.is_fraud[rows].tolist(),
+                                        (times + self.delay_s[rows]).tolist(), strict=True)
+        ]
+        return [str(m).encode() for m in terminals], values
+
+
+@dataclass(frozen=True)
+class LabelSchedule:
+    """Labels in the order they become known: ``rows[j]`` is known at ``due[j]``."""
+
+    rows: np.ndarray
+    due: np.ndarray
+
+    @classmethod
+    def build(cls, event_time: np.ndarray, delay_s: np.ndarray) -> LabelSchedule:
+        known_at = event_time + delay_s
+        rows = np.argsort(known_at, kind="stable")
+        return cls(rows=rows, due=known_at[rows])
+
+    def due_end(self, position: int, clock: int, sent_rows: int) -> int:
+        """End of the labels due when the replay clock is ``clock``.
+
+        Labels ``position..end-1`` are due: known at or before ``clock``, and of a
+        transaction among the first ``sent_rows`` (a zero delay would otherwise let a
+        label overtake its own transaction within one second).
+        """
+        end = int(np.searchsorted(self.due, clock, side="right"))
+        if end <= position:
+            return position
+        unsent = np.flatnonzero(self.rows[position:end] >= sent_rows)
+        return position + int(unsent[0]) if len(unsent) else end
+
+
+def paced_end(event_time: np.ndarray, next_row: int, stop_row: int, origin: int,
+              elapsed_s: float, speed: float | None) -> tuple[int, float]:
+    """Which rows are due at ``speed`` times real time, and how long to wait otherwise.
+
+    The replay started at event time ``origin``; after ``elapsed_s`` wall seconds the
+    event clock is ``origin + elapsed_s * speed``. Returns the end of the due rows
+    (``next_row`` when none is due) and the wall seconds until the next row is due
+    (0 when some are). ``speed`` None means as fast as possible: every row is due.
+    """
+    if speed is None or next_row >= stop_row:
+        return stop_row, 0.0
+    clock = origin + elapsed_s * speed
+    end = next_row + int(np.searchsorted(event_time[next_row:stop_row], clock, side="right"))
+    if end > next_row:
+        return end, 0.0
+    return next_row, float(event_time[next_row] - clock) / speed
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """How to replay: speed (None = max), limit of rows this run, labels, topics."""
+
+    speed: float | None = None
+    limit: int | None = None
+    labels: bool = True
+    flush_labels: bool = True
+    resume: bool = False
+    transactions_topic: str = TRANSACTIONS
+    labels_topic: str = LABELS
+    chunk_rows: int = 20_000
+    checkpoint_every_s: float = 5.0
+    progress: bool = True
+
+
+@dataclass
+class ReplayReport:
+    """What one replay run did."""
+
+    start_row: int
+    next_row: int
+    rows: int
+    labels_sent: int
+    label_position: int
+    wall_s: float
+    finished: bool
+
+    @property
+    def sent(self) -> int:
+        return self.next_row - self.start_row
+
+    @property
+    def events_per_s(self) -> float:
+        return self.sent / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class Checkpoint:
+    """Where a replay of one dataset stands, in ``<state_dir>/producer/<fingerprint>.json``."""
+
+    def __init__(self, state_dir: Path, fingerprint: str) -> None:
+        self.path = state_dir / "producer" / f"{fingerprint}.json"
+        self.fingerprint = fingerprint
+
+    def load(self) -> tuple[int, int] | None:
+        """``(next_row, label_position)``, or None without a checkpoint."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("fingerprint") != self.fingerprint:
+            return None
+        return int(data["next_row"]), int(data["label_position"])
+
+    def save(self, next_row: int, label_position: int, **info: object) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps({"fingerprint": self.fingerprint, "next_row": next_row,
+                                       "label_position": label_position, **info}, indent=2))
+        os.replace(partial, self.path)
+
+
+class _Acks:
+    """Delivery reports of one chunk of transactions."""
+
+    __slots__ = ("end_row", "clock", "pending", "errors")
+
+    def __init__(self, end_row: int, clock: int, count: int, errors: list[str]) -> None:
+        self.end_row, self.clock, self.pending, self.errors = end_row, clock, count, errors
+
+    def ack(self, err: object, _msg: object) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.errors.append(str(err))
+
+
+class _Progress:
+    """One updating line on stderr: events, events/s, the event-time clock."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.tty = sys.stderr.isatty()
+        self.began = self.shown = time.monotonic()
+
+    def show(self, sent: int, labels: int, clock: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.shown < (0.5 if self.tty else 10)):
+            return
+        self.shown = now
+        rate = sent / max(now - self.began, 1e-9)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(clock)) if clock else "-"
+        line = (f"replay {sent:,}/{self.total:,} tx  {rate:,.0f} tx/s  "
+                f"{labels:,} labels  event time {stamp}")
+        end = "\n" if final or not self.tty else ""
+        print(f"\r{line}\x1b[K" if self.tty else line, end=end, file=sys.stderr, flush=True)
+
+
+def replay(dataset: Dataset, bootstrap: str, settings: Settings,
+           options: ReplayOptions = ReplayOptions()) -> ReplayReport:
+    """Replay ``dataset`` to Kafka; see the module docstring for the guarantees.
+
+    Raises
+    ------
+    RuntimeError
+        When Kafka refuses a message; the checkpoint then keeps the last acknowledged
+        position.
+    """
+    from streams.clients import producer
+
+    checkpoint = Checkpoint(settings.state_dir, dataset.fingerprint())
+    n = len(dataset)
+    schedule = (LabelSchedule.build(dataset.event_time, dataset.delay_s)
+                if options.labels and dataset.is_fraud is not None else None)
+    start_row, label_pos = (checkpoint.load() or (0, 0)) if options.resume else (0, 0)
+    stop_row = n if options.limit is None else min(n, start_row + options.limit)
+    info = {"rows": n, "bootstrap": bootstrap, "transactions_topic": options.transactions_topic,
+            "labels_topic": options.labels_topic}
+    client = producer(bootstrap, settings, **{
+        "linger.ms": 50, "batch.size": 4_000_000, "batch.num.messages": 100_000,
+        "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
+        "enable.idempotence": True,
+    })
+    errors: list[str] = []
+    progress = _Progress(stop_row - start_row, options.progress)
+    pending: deque[_Acks] = deque()
+    next_row, labels_sent, clock = start_row, 0, 0
+    began = time.monotonic()
+    saved = began
+
+    def send(topic: str, keys: list[bytes], values: list[bytes],
+             callback: DeliveryCallback) -> None:
+        produce = client.produce
+        for key, value in zip(keys, values, strict=True):
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=callback)
+                    break
+                except BufferError:
+                    client.poll(0.05)
+        client.poll(0)
+
+    def label_error(err: object, _msg: object) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    def send_labels(end: int) -> None:
+        nonlocal label_pos, labels_sent
+        assert schedule is not None
+        if end > label_pos:
+            send(options.labels_topic, *dataset.encode_labels(schedule.rows[label_pos:end]),
+                 label_error)
+            labels_sent += end - label_pos
+            label_pos = end
+
+    def release_labels() -> None:
+        while pending and pending[0].pending == 0:
+            done = pending.popleft()
+            if schedule is not None:
+                send_labels(schedule.due_end(label_pos, done.clock, done.end_row))
+        if errors:
+            raise RuntimeError(f"Kafka refused messages: {errors[:3]}")
+
+    def settle() -> None:
+        """Wait for every acknowledgement, send the due labels, save the checkpoint."""
+        if client.flush(120) != 0:
+            raise RuntimeError("Kafka did not acknowledge every message within 120 s")
+        release_labels()
+        if options.flush_labels and schedule is not None and next_row == n:
+            send_labels(len(schedule.rows))
+        if client.flush(120) != 0 or errors:
+            raise RuntimeError(f"Kafka did not acknowledge every label: {errors[:3]}")
+        checkpoint.save(next_row, label_pos, **info)
+
+    try:
+        origin = int(dataset.event_time[start_row]) if start_row < n else 0
+        while next_row < stop_row:
+            end, wait = paced_end(dataset.event_time, next_row,
+                                  min(stop_row, next_row + options.chunk_rows), origin,
+                                  time.monotonic() - began, options.speed)
+            if end == next_row:
+                client.poll(min(wait, 0.1))
+                release_labels()
+                continue
+            clock = int(dataset.event_time[end - 1])
+            acks = _Acks(end, clock, end - next_row, errors)
+            pending.append(acks)
+            send(options.transactions_topic, *dataset.encode_transactions(next_row, end),
+                 acks.ack)
+            next_row = end
+            release_labels()
+            progress.show(next_row - start_row, labels_sent, clock)
+            if time.monotonic() - saved > options.checkpoint_every_s:
+                settle()
+                saved = time.monotonic()
+        settle()
+    except KeyboardInterrupt:
+        client.flush(30)
+        if len(client) == 0 and not errors:
+            checkpoint.save(next_row, label_pos, **info)
+        raise
+    finally:
+        progress.show(next_row - start_row, labels_sent, clock, final=True)
+    return ReplayReport(start_row, next_row, n, labels_sent, label_pos,
+                        time.monotonic() - began, finished=next_row == n)
+
+
+def resolve_bootstrap(explicit: str | None, settings: Settings) -> str:
+    """``--bootstrap``, else ``KAFKA_BOOTSTRAP_SERVERS``, else the local stack's endpoints."""
+    if explicit:
+        return explicit
+    if settings.kafka.bootstrap_servers:
+        return settings.kafka.bootstrap_servers
+    from infra.local.manager import Endpoints
+
+    path = settings.state_dir / "endpoints.json"
+    if path.exists():
+        return Endpoints.load(path).kafka
+    raise DatasetError("no Kafka to replay to: pass --bootstrap, set KAFKA_BOOTSTRAP_SERVERS "
+                       "or start the local stack (factory up kafka)")
+
+
+def ensure_replay_topics(settings: Settings, bootstrap: str, names: Sequence[str]) -> None:
+    """Create the factory's topics, and ``names`` with the same partition count, if missing."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.topics import ensure_topics, topic_partitions
+
+    ensure_topics(settings, bootstrap)
+    admin = AdminClient({**settings.kafka.client_config(bootstrap), "log_level": 0})
+    existing = set(admin.list_topics(timeout=10).topics)
+    new = [NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+           for name in set(names) - existing - set(topic_partitions(1))]
+    for name, future in (admin.create_topics(new, operation_timeout=10).items() if new else ()):
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"creating topic {name!r} failed: {exc}") from exc
+
+
+def load_dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset the command line names: a parquet file or a (drifted) simulation."""
+    labels = not args.no_labels
+    if args.parquet is not None:
+        import pyarrow.parquet as pq
+
+        if args.drift:
+            raise DatasetError("--drift applies to --simulate only")
+        path = Path(args.parquet)
+        if not path.is_file():
+            raise DatasetError(f"{path}: no such file")
+        names = pq.read_schema(path).names
+        wanted = [*REQUIRED_COLUMNS, LABEL_COLUMN, DELAY_COLUMN]
+        frame = pd.read_parquet(path, columns=[c for c in wanted if c in names])
+        return Dataset.from_frame(frame, labels, args.label_delay_days)
+    from models.drift import DriftSpec, apply_drift
+    from models.simulator import simulate
+
+    try:
+        specs = [DriftSpec.parse(text) for text in args.drift]
+    except (ValueError, TypeError) as exc:
+        raise DatasetError(f"--drift: {exc}") from None
+    frame = simulate(n_customers=args.customers, n_terminals=args.terminals,
+                     nb_days=args.days, start_date=args.start_date,
+                     seed_customers=args.seed, seed_terminals=args.seed + 1)
+    return Dataset.from_frame(apply_drift(frame, specs, seed=args.seed), labels,
+                              args.label_delay_days)
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("speed must be 'max' or a positive number")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="factory replay", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--simulate", action="store_true",
+                        help="replay a simulated dataset (the default)")
+    source.add_argument("--parquet", metavar="PATH", help="replay a parquet file with the "
+                        "handbook's columns (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, "
+                        "TERMINAL_ID, TX_AMOUNT, TX_FRAUD; optional LABEL_DELAY_DAYS)")
+    sim = p.add_argument_group("simulation")
+    sim.add_argument("--customers", type=int, default=5000)
+    sim.add_argument("--terminals", type=int, default=10000)
+    sim.add_argument("--days", type=int, default=183)
+    sim.add_argument("--start-date", default="2018-04-01")
+    sim.add_argument("--seed", type=int, default=0, help="customer profiles seed (terminals "
+                     "use seed+1, as the handbook's 0/1) and drift seed")
+    sim.add_argument("--drift", action="append", default=[], metavar="SPEC",
+                     help="a drift scenario, e.g. card_testing:start=120,days=30,intensity=10 "
+                     "(kinds: card_testing, spending_shift, label_delay; repeatable)")
+    p.add_argument("--speed", type=_speed, default=None, metavar="max|N",
+                   help="'max' (default) or N times real time, paced on event time")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="stop after N transactions (continue later with --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint of this dataset")
+    p.add_argument("--no-labels", action="store_true", help="produce transactions only")
+    p.add_argument("--flush-labels", action=argparse.BooleanOptionalAction, default=True,
+                   help="at the end of the dataset, produce the labels not yet due")
+    p.add_argument("--label-delay-days", type=float, default=7.0,
+                   help="label delay when the data has no LABEL_DELAY_DAYS column")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: settings, then "
+                   "the local stack's endpoints.json)")
+    p.add_argument("--transactions-topic", default=TRANSACTIONS)
+    p.add_argument("--labels-topic", default=LABELS)
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``factory replay``; returns the exit status."""
+    args = parser().parse_args(argv)
+    settings = Settings.from_env()
+    if args.limit is not None and args.limit < 0:
+        print("factory replay: --limit must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        dataset = load_dataset(args)
+        bootstrap = resolve_bootstrap(args.bootstrap, settings)
+    except DatasetError as exc:
+        print(f"factory replay: {exc}", file=sys.stderr)
+        return 2
+    options = ReplayOptions(
+        speed=args.speed, limit=args.limit, labels=not args.no_labels,
+        flush_labels=args.flush_labels, resume=args.resume,
+        transactions_topic=args.transactions_topic, labels_topic=args.labels_topic,
+        progress=not args.quiet)
+    try:
+        ensure_replay_topics(settings, bootstrap,
+                             [options.transactions_topic, options.labels_topic])
+        report = replay(dataset, bootstrap, settings, options)
+    except KeyboardInterrupt:
+        print("factory replay: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"factory replay: {exc}", file=sys.stderr)
+        return 1
+    print(f"replayed rows {report.start_row:,}..{report.next_row:,} of {report.rows:,} "
+          f"({report.sent:,} transactions, {report.labels_sent:,} labels) in "
+          f"{report.wall_s:.1f} s = {report.events_per_s:,.0f} transactions/s"
+          + ("" if report.finished else "; continue with --resume"), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
