@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Float64, Int64
+from feast.types import Array, Float64, Int64
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -62,14 +62,24 @@ terminal_risk = FeatureView(
         Field(name="risk_7day", dtype=Float64),
         Field(name="nb_tx_30day", dtype=Int64),
         Field(name="risk_30day", dtype=Float64),
+        # The labels behind those windows, so that a transaction at any time t gets its
+        # own exact windows: event times, known times and fraud flags, by event time.
+        Field(name="label_event_times", dtype=Array(Float64)),
+        Field(name="label_known_at", dtype=Array(Float64)),
+        Field(name="label_frauds", dtype=Array(Int64)),
     ],
     source=terminal_risk_push,
     online=True,
-    description="Terminal counts and fraud rates over (t - 7 - w, t - 7] days.",
+    description="Terminal counts and fraud rates over (t - 7 - w, t - 7] days, from labels; "
+                "the window values are those of a transaction at the latest label's time.",
 )
 
 fraud_detector_v1 = FeatureService(
     name="fraud_detector_v1",
-    features=[card_activity, terminal_risk],
+    features=[
+        card_activity,
+        terminal_risk[["nb_tx_1day", "risk_1day", "nb_tx_7day", "risk_7day",
+                       "nb_tx_30day", "risk_30day"]],
+    ],
     description="Inputs of fraud_detector version 1, after amount, weekend and night.",
 )

@@ -90,8 +90,10 @@ class OnlineFeatures:
         self.store.push("card_activity_push", frame, to=PushMode.ONLINE)
 
     def push_terminal_risk(self, terminal_ids: np.ndarray, event_times: np.ndarray,
-                           values: np.ndarray) -> None:
-        """Push one row per terminal to the terminal view, online."""
+                           values: np.ndarray,
+                           arrays: list[tuple[list[float], list[float], list[int]]] | None = None,
+                           ) -> None:
+        """Push one row per terminal: its window values and the label arrays behind them."""
         from feast.data_source import PushMode
 
         frame = pd.DataFrame(values, columns=self.views[TERMINAL_VIEW])
@@ -99,8 +101,29 @@ class OnlineFeatures:
             if name.startswith("nb_tx"):
                 frame[name] = frame[name].astype("int64")
         frame.insert(0, "terminal_id", terminal_ids.astype("int64"))
+        arrays = arrays if arrays is not None else [([], [], [])] * len(frame)
+        frame["label_event_times"] = [list(map(float, a[0])) for a in arrays]
+        frame["label_known_at"] = [list(map(float, a[1])) for a in arrays]
+        frame["label_frauds"] = [list(map(int, a[2])) for a in arrays]
         frame["event_timestamp"] = pd.to_datetime(event_times, unit="s", utc=True)
         self.store.push("terminal_risk_push", frame, to=PushMode.ONLINE)
+
+    def read_terminal_labels(self, terminal_ids: np.ndarray
+                             ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each terminal's label arrays (event times, known times, frauds); empty if none."""
+        unique = np.unique(terminal_ids.astype("int64"))
+        names = ("label_event_times", "label_known_at", "label_frauds")
+        response = self.store.get_online_features(
+            features=[f"{TERMINAL_VIEW}:{name}" for name in names],
+            entity_rows=[{"terminal_id": int(i)} for i in unique],
+        ).to_dict()
+        result = {}
+        for row, terminal in enumerate(unique.tolist()):
+            times, known, frauds = (response[name][row] or [] for name in names)
+            result[terminal] = (np.asarray(times, dtype=np.float64),
+                                np.asarray(known, dtype=np.float64),
+                                np.asarray(frauds, dtype=np.int64))
+        return result
 
     def read(self, view: str, key: str, ids: np.ndarray) -> np.ndarray:
         """Online values of ``view`` for ``ids`` in the service's field order; missing -> 0."""

@@ -3,17 +3,35 @@
 Card spending windows follow the handbook's definition: for window w the set of the
 card's transactions in (t - w days, t], the current one included, in arrival order (two
 transactions with the same timestamp see only those that came before them).
+
+Terminal windows use labels: for window w, the terminal's labelled transactions with
+event time in (t - d - w days, t - d days] that are known by t (``known_at <= t``); the
+count and the share of frauds among them. With the handbook's constant delay d = 7 days
+this equals the batch reference exactly.
+
+Both histories are idempotent in ``tx_id``: an event processed twice (at-least-once
+delivery, a restart) finds itself in the history and gets the same features again.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
+
 DAY = 86400.0
 CARD_WINDOWS_DAYS = (1, 7, 30)
+TERMINAL_WINDOWS_DAYS = (1, 7, 30)
+LABEL_DELAY_DAYS = 7
 CARD_FEATURES = tuple(
     name for w in CARD_WINDOWS_DAYS for name in (f"nb_tx_{w}day", f"avg_amount_{w}day")
 )
+TERMINAL_FEATURES = tuple(
+    name for w in TERMINAL_WINDOWS_DAYS for name in (f"nb_tx_{w}day", f"risk_{w}day")
+)
+# Terminal labels are kept this long after their known time: the longest window plus
+# the delay, and a margin for transactions that lag the labels stream.
+TERMINAL_RETENTION_S = (max(TERMINAL_WINDOWS_DAYS) + LABEL_DELAY_DAYS + 14) * DAY
 
 
 def transaction_flags(event_time: float) -> tuple[int, int]:
@@ -26,20 +44,73 @@ def transaction_flags(event_time: float) -> tuple[int, int]:
 
 
 def update_card_history(
-    history: list[list[float]], event_time: float, amount: float
+    history: list[list[float]], event_time: float, amount: float, tx_id: int = -1
 ) -> tuple[list[list[float]], list[float]]:
     """Add one transaction to a card's history and return its window features.
 
-    ``history`` is the card's ``[event_time, amount]`` pairs of the last 30 days in
-    arrival order; the returned history drops what left the longest window. Features are
+    ``history`` is the card's ``[event_time, amount, tx_id]`` entries of the last 30 days
+    in arrival order. A transaction already in the history (same ``tx_id``, not -1) is not
+    added again; its features are those it had the first time. Features are
     ``nb_tx_1day, avg_amount_1day, nb_tx_7day, ...`` as in :data:`CARD_FEATURES`.
     """
-    longest = max(CARD_WINDOWS_DAYS) * DAY
-    kept = [pair for pair in history if pair[0] > event_time - longest]
-    kept.append([event_time, amount])
+    position = -1
+    if tx_id >= 0:
+        for i in range(len(history) - 1, -1, -1):
+            if len(history[i]) > 2 and history[i][2] == tx_id:
+                position = i
+                break
+    if position >= 0:
+        visible = history[: position + 1]
+        kept = history
+    else:
+        longest = max(CARD_WINDOWS_DAYS) * DAY
+        kept = [entry for entry in history if entry[0] > event_time - longest]
+        kept.append([event_time, amount, tx_id])
+        visible = kept
     features: list[float] = []
     for window in CARD_WINDOWS_DAYS:
         start = event_time - window * DAY
-        amounts = [a for t, a in kept if t > start]
+        amounts = [entry[1] for entry in visible if entry[0] > start]
         features += [float(len(amounts)), sum(amounts) / len(amounts)]
     return kept, features
+
+
+def update_terminal_history(
+    history: list[list[float]], tx_id: int, event_time: float, is_fraud: int, known_at: float
+) -> list[list[float]]:
+    """Add one label to a terminal's ``[event_time, known_at, is_fraud, tx_id]`` history.
+
+    The history stays sorted by event time; a label already present (same ``tx_id``) is
+    ignored; labels known more than :data:`TERMINAL_RETENTION_S` before this one expire.
+    """
+    if any(entry[3] == tx_id for entry in history):
+        return history
+    horizon = known_at - TERMINAL_RETENTION_S
+    kept = [entry for entry in history if entry[1] > horizon]
+    kept.append([event_time, known_at, float(is_fraud), float(tx_id)])
+    kept.sort(key=lambda entry: (entry[0], entry[3]))
+    return kept
+
+
+def terminal_arrays(history: list[list[float]]) -> tuple[list[float], list[float], list[int]]:
+    """The history as the three arrays stored in Feast: event times, known times, frauds."""
+    return ([e[0] for e in history], [e[1] for e in history], [int(e[2]) for e in history])
+
+
+def terminal_window_features(
+    event_times: np.ndarray, known_at: np.ndarray, frauds: np.ndarray, t: float,
+    delay_days: float = LABEL_DELAY_DAYS,
+) -> list[float]:
+    """Terminal features of a transaction at ``t`` from its terminal's label arrays.
+
+    Returns ``nb_tx_1day, risk_1day, nb_tx_7day, ...`` as in :data:`TERMINAL_FEATURES`;
+    risk is 0 when the window holds no labelled transaction.
+    """
+    end = t - delay_days * DAY
+    known = known_at <= t
+    features: list[float] = []
+    for window in TERMINAL_WINDOWS_DAYS:
+        mask = known & (event_times > end - window * DAY) & (event_times <= end)
+        count = int(mask.sum())
+        features += [float(count), float(frauds[mask].sum()) / count if count else 0.0]
+    return features

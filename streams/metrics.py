@@ -34,6 +34,18 @@ class WorkerMetrics:
         self.triton_errors = Counter(
             "factory_triton_errors", "Failed Triton calls (retried)", registry=r
         )
+        self.labels_in = Counter("factory_labels_in", "Labels read", registry=r)
+        self.label_watermark = Gauge(
+            "factory_label_watermark_seconds",
+            "Known time (event time, Unix s) up to which labels are applied, per partition",
+            ["partition"], registry=r,
+        )
+        self.label_staleness = Gauge(
+            "factory_label_staleness_seconds",
+            "Event time of the latest scored transaction minus the label watermark "
+            "(-1 before every labels partition has a mark)",
+            registry=r,
+        )
         self.ready = Gauge(
             "factory_worker_ready", "1 once the worker can score (Feast, Triton, model)",
             registry=r,

@@ -19,205 +19,37 @@ time (``--speed N`` is N times real time) are handled here; ``factory replay`` c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from streams.replay import (
+    DELAY_COLUMN,
+    LABEL_COLUMN,
+    REQUIRED_COLUMNS,
+    Dataset,
+    DatasetError,
+    LabelSchedule,
+    paced_end,
+)
 from streams.settings import Settings
 from streams.topics import LABELS, TRANSACTIONS
-
-REQUIRED_COLUMNS = ("TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT")
-LABEL_COLUMN = "TX_FRAUD"
-DELAY_COLUMN = "LABEL_DELAY_DAYS"
-SECONDS_PER_DAY = 86400
 
 DeliveryCallback = Callable[[object, object], None]
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be replayed; the message names the column at fault."""
-
-
-def validate_frame(df: pd.DataFrame, labels: bool = True) -> None:
-    """Check every column the replay reads, before anything is produced.
-
-    Raises
-    ------
-    DatasetError
-        Naming the first column that is missing, has missing values, has the wrong
-        type or invalid values, or (TX_DATETIME) is not sorted.
-    """
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise DatasetError(f"column {missing[0]!r} is missing (required: "
-                           f"{', '.join(REQUIRED_COLUMNS)}, and {LABEL_COLUMN} for labels)")
-    if labels and LABEL_COLUMN not in df.columns:
-        raise DatasetError(f"column {LABEL_COLUMN!r} is missing: labels need it "
-                           "(replay without labels with --no-labels)")
-    wanted = [*REQUIRED_COLUMNS, *([LABEL_COLUMN] if labels else []),
-              *([DELAY_COLUMN] if DELAY_COLUMN in df.columns else [])]
-    for name in wanted:
-        column = df[name]
-        if column.isna().any():
-            row = int(np.flatnonzero(column.isna().to_numpy())[0])
-            raise DatasetError(f"column {name!r} has {int(column.isna().sum())} missing "
-                               f"values (first at row {row})")
-        kind = column.dtype.kind
-        if name == "TX_DATETIME":
-            if not pd.api.types.is_datetime64_any_dtype(column.dtype):
-                raise DatasetError(f"column {name!r} must be a timestamp, got {column.dtype}")
-        elif name in ("TX_AMOUNT", DELAY_COLUMN):
-            if kind not in "iuf":
-                raise DatasetError(f"column {name!r} must be numeric, got {column.dtype}")
-            values = column.to_numpy(np.float64)
-            if not np.isfinite(values).all() or (values < 0).any():
-                raise DatasetError(f"column {name!r} must be finite and >= 0")
-        elif name == LABEL_COLUMN:
-            if kind not in "iub" or not column.isin([0, 1]).all():
-                raise DatasetError(f"column {name!r} must hold 0 or 1, got {column.dtype}")
-        elif kind not in "iu":
-            raise DatasetError(f"column {name!r} must be integers, got {column.dtype}")
-        elif (column.to_numpy() < 0).any():
-            raise DatasetError(f"column {name!r} must be >= 0")
-    if df["TRANSACTION_ID"].duplicated().any():
-        value = df["TRANSACTION_ID"][df["TRANSACTION_ID"].duplicated()].iloc[0]
-        raise DatasetError(f"column 'TRANSACTION_ID' has duplicates (e.g. {value})")
-    times = _epoch_ns(df["TX_DATETIME"])
-    unsorted = np.flatnonzero(np.diff(times) < 0)
-    if len(unsorted):
-        row = int(unsorted[0]) + 1
-        raise DatasetError(f"column 'TX_DATETIME' is not sorted: row {row} is earlier than "
-                           f"row {row - 1}; sort the file by TX_DATETIME first")
-
-
-def _epoch_ns(column: pd.Series) -> np.ndarray:
-    """Nanoseconds since the epoch; naive timestamps are taken as UTC."""
-    if getattr(column.dtype, "tz", None) is not None:
-        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
-    return column.to_numpy("datetime64[ns]").view(np.int64)
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Columns of a validated table, as the replay reads them (event time in seconds)."""
-
-    tx_id: np.ndarray
-    event_time: np.ndarray
-    card_id: np.ndarray
-    terminal_id: np.ndarray
-    amount: np.ndarray
-    is_fraud: np.ndarray | None
-    delay_s: np.ndarray
-
-    @classmethod
-    def from_frame(cls, df: pd.DataFrame, labels: bool = True,
-                   default_delay_days: float = 7.0) -> Dataset:
-        """Validate ``df`` and take its columns; ``LABEL_DELAY_DAYS`` overrides the default."""
-        validate_frame(df, labels)
-        delays = (df[DELAY_COLUMN].to_numpy(np.float64) if DELAY_COLUMN in df.columns
-                  else np.full(len(df), float(default_delay_days)))
-        return cls(
-            tx_id=df["TRANSACTION_ID"].to_numpy(np.int64),
-            event_time=_epoch_ns(df["TX_DATETIME"]) // 10**9,
-            card_id=df["CUSTOMER_ID"].to_numpy(np.int64),
-            terminal_id=df["TERMINAL_ID"].to_numpy(np.int64),
-            amount=df["TX_AMOUNT"].to_numpy(np.float64),
-            is_fraud=df[LABEL_COLUMN].to_numpy(np.int64) if labels else None,
-            delay_s=np.rint(delays * SECONDS_PER_DAY).astype(np.int64),
-        )
-
-    def __len__(self) -> int:
-        return len(self.tx_id)
-
-    def fingerprint(self) -> str:
-        """A digest of the replayed content, the key of the checkpoint."""
-        digest = hashlib.blake2b(digest_size=16)
-        for array in (self.tx_id, self.event_time, self.card_id, self.terminal_id,
-                      self.amount, self.delay_s,
-                      self.is_fraud if self.is_fraud is not None else np.zeros(0)):
-            digest.update(np.ascontiguousarray(array).tobytes())
-        return digest.hexdigest()
-
-    def encode_transactions(self, start: int, end: int) -> tuple[list[bytes], list[bytes]]:
-        """Keys (card id) and JSON values of rows ``start..end-1``."""
-        cards = self.card_id[start:end].tolist()
-        values = [
-            f'{{"v":1,"tx_id":{i},"event_time":{t},"card_id":{c},"terminal_id":{m},'
-            f'"amount":{a!r}}}'.encode()
-            for i, t, c, m, a in zip(self.tx_id[start:end].tolist(),
-                                     self.event_time[start:end].tolist(), cards,
-                                     self.terminal_id[start:end].tolist(),
-                                     self.amount[start:end].tolist(), strict=True)
-        ]
-        return [str(c).encode() for c in cards], values
-
-    def encode_labels(self, rows: np.ndarray) -> tuple[list[bytes], list[bytes]]:
-        """Keys (terminal id) and JSON label values of ``rows``."""
-        assert self.is_fraud is not None
-        terminals = self.terminal_id[rows].tolist()
-        times = self.event_time[rows]
-        values = [
-            f'{{"v":1,"tx_id":{i},"card_id":{c},"terminal_id":{m},"event_time":{t},'
-            f'"is_fraud":{f},"known_at":{k}}}'.encode()
-            for i, c, m, t, f, k in zip(self.tx_id[rows].tolist(), self.card_id[rows].tolist(),
-                                        terminals, times.tolist(), self.is_fraud[rows].tolist(),
-                                        (times + self.delay_s[rows]).tolist(), strict=True)
-        ]
-        return [str(m).encode() for m in terminals], values
-
-
-@dataclass(frozen=True)
-class LabelSchedule:
-    """Labels in the order they become known: ``rows[j]`` is known at ``due[j]``."""
-
-    rows: np.ndarray
-    due: np.ndarray
-
-    @classmethod
-    def build(cls, event_time: np.ndarray, delay_s: np.ndarray) -> LabelSchedule:
-        known_at = event_time + delay_s
-        rows = np.argsort(known_at, kind="stable")
-        return cls(rows=rows, due=known_at[rows])
-
-    def due_end(self, position: int, clock: int, sent_rows: int) -> int:
-        """End of the labels due when the replay clock is ``clock``.
-
-        Labels ``position..end-1`` are due: known at or before ``clock``, and of a
-        transaction among the first ``sent_rows`` (a zero delay would otherwise let a
-        label overtake its own transaction within one second).
-        """
-        end = int(np.searchsorted(self.due, clock, side="right"))
-        if end <= position:
-            return position
-        unsent = np.flatnonzero(self.rows[position:end] >= sent_rows)
-        return position + int(unsent[0]) if len(unsent) else end
-
-
-def paced_end(event_time: np.ndarray, next_row: int, stop_row: int, origin: int,
-              elapsed_s: float, speed: float | None) -> tuple[int, float]:
-    """Which rows are due at ``speed`` times real time, and how long to wait otherwise.
-
-    The replay started at event time ``origin``; after ``elapsed_s`` wall seconds the
-    event clock is ``origin + elapsed_s * speed``. Returns the end of the due rows
-    (``next_row`` when none is due) and the wall seconds until the next row is due
-    (0 when some are). ``speed`` None means as fast as possible: every row is due.
-    """
-    if speed is None or next_row >= stop_row:
-        return stop_row, 0.0
-    clock = origin + elapsed_s * speed
-    end = next_row + int(np.searchsorted(event_time[next_row:stop_row], clock, side="right"))
-    if end > next_row:
-        return end, 0.0
-    return next_row, float(event_time[next_row] - clock) / speed
+class UsageError(ValueError):
+    """A command line or environment that does not say what to replay, or where."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +64,7 @@ class ReplayOptions:
     transactions_topic: str = TRANSACTIONS
     labels_topic: str = LABELS
     chunk_rows: int = 20_000
-    checkpoint_every_s: float = 5.0
+    checkpoint_every_s: float = 10.0
     progress: bool = True
 
 
@@ -318,14 +150,21 @@ class _Progress:
 
 
 def replay(dataset: Dataset, bootstrap: str, settings: Settings,
-           options: ReplayOptions = ReplayOptions()) -> ReplayReport:
+           options: ReplayOptions = ReplayOptions(),
+           stop: Callable[[], bool] | None = None) -> ReplayReport:
     """Replay ``dataset`` to Kafka; see the module docstring for the guarantees.
+
+    ``stop`` is asked between chunks; when it answers True the replay settles (every
+    message acknowledged, due labels sent, checkpoint saved) and returns, so that a
+    resumed run continues exactly where this one stopped. The checkpoint is also saved
+    every ``checkpoint_every_s``; after a crash a resumed run starts from there and
+    may repeat what was sent since (at least once).
 
     Raises
     ------
     RuntimeError
-        When Kafka refuses a message; the checkpoint then keeps the last acknowledged
-        position.
+        When Kafka refuses or does not acknowledge a message; the checkpoint keeps
+        the last position that was fully acknowledged.
     """
     from streams.clients import producer
 
@@ -395,7 +234,7 @@ def replay(dataset: Dataset, bootstrap: str, settings: Settings,
 
     try:
         origin = int(dataset.event_time[start_row]) if start_row < n else 0
-        while next_row < stop_row:
+        while next_row < stop_row and not (stop is not None and stop()):
             end, wait = paced_end(dataset.event_time, next_row,
                                   min(stop_row, next_row + options.chunk_rows), origin,
                                   time.monotonic() - began, options.speed)
@@ -416,9 +255,7 @@ def replay(dataset: Dataset, bootstrap: str, settings: Settings,
                 saved = time.monotonic()
         settle()
     except KeyboardInterrupt:
-        client.flush(30)
-        if len(client) == 0 and not errors:
-            checkpoint.save(next_row, label_pos, **info)
+        client.flush(10)
         raise
     finally:
         progress.show(next_row - start_row, labels_sent, clock, final=True)
@@ -437,7 +274,7 @@ def resolve_bootstrap(explicit: str | None, settings: Settings) -> str:
     path = settings.state_dir / "endpoints.json"
     if path.exists():
         return Endpoints.load(path).kafka
-    raise DatasetError("no Kafka to replay to: pass --bootstrap, set KAFKA_BOOTSTRAP_SERVERS "
+    raise UsageError("no Kafka to replay to: pass --bootstrap, set KAFKA_BOOTSTRAP_SERVERS "
                        "or start the local stack (factory up kafka)")
 
 
@@ -467,13 +304,16 @@ def load_dataset(args: argparse.Namespace) -> Dataset:
         import pyarrow.parquet as pq
 
         if args.drift:
-            raise DatasetError("--drift applies to --simulate only")
+            raise UsageError("--drift applies to --simulate only")
         path = Path(args.parquet)
         if not path.is_file():
             raise DatasetError(f"{path}: no such file")
-        names = pq.read_schema(path).names
-        wanted = [*REQUIRED_COLUMNS, LABEL_COLUMN, DELAY_COLUMN]
-        frame = pd.read_parquet(path, columns=[c for c in wanted if c in names])
+        try:
+            names = pq.read_schema(path).names
+            wanted = [*REQUIRED_COLUMNS, LABEL_COLUMN, DELAY_COLUMN]
+            frame = pd.read_parquet(path, columns=[c for c in wanted if c in names])
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"{path}: not a readable parquet file ({exc})") from None
         return Dataset.from_frame(frame, labels, args.label_delay_days)
     from models.drift import DriftSpec, apply_drift
     from models.simulator import simulate
@@ -481,7 +321,7 @@ def load_dataset(args: argparse.Namespace) -> Dataset:
     try:
         specs = [DriftSpec.parse(text) for text in args.drift]
     except (ValueError, TypeError) as exc:
-        raise DatasetError(f"--drift: {exc}") from None
+        raise UsageError(f"--drift: {exc}") from None
     frame = simulate(n_customers=args.customers, n_terminals=args.terminals,
                      nb_days=args.days, start_date=args.start_date,
                      seed_customers=args.seed, seed_terminals=args.seed + 1)
@@ -538,16 +378,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``factory replay``; returns the exit status."""
+    """Run ``factory replay``; returns the exit status.
+
+    The first Ctrl-C (or SIGTERM) stops the replay cleanly at the next chunk, with a
+    checkpoint that ``--resume`` continues from exactly; a second one aborts.
+    """
     args = parser().parse_args(argv)
     settings = Settings.from_env()
-    if args.limit is not None and args.limit < 0:
-        print("factory replay: --limit must be >= 0", file=sys.stderr)
-        return 2
     try:
+        if args.limit is not None and args.limit < 0:
+            raise UsageError("--limit must be >= 0")
         dataset = load_dataset(args)
         bootstrap = resolve_bootstrap(args.bootstrap, settings)
-    except DatasetError as exc:
+    except (DatasetError, UsageError) as exc:
         print(f"factory replay: {exc}", file=sys.stderr)
         return 2
     options = ReplayOptions(
@@ -555,21 +398,42 @@ def main(argv: list[str] | None = None) -> int:
         flush_labels=args.flush_labels, resume=args.resume,
         transactions_topic=args.transactions_topic, labels_topic=args.labels_topic,
         progress=not args.quiet)
+    stop = threading.Event()
+    previous = _on_stop_signals(stop)
     try:
         ensure_replay_topics(settings, bootstrap,
                              [options.transactions_topic, options.labels_topic])
-        report = replay(dataset, bootstrap, settings, options)
+        report = replay(dataset, bootstrap, settings, options, stop=stop.is_set)
     except KeyboardInterrupt:
-        print("factory replay: interrupted; continue with --resume", file=sys.stderr)
+        print("factory replay: aborted; --resume continues from the last checkpoint",
+              file=sys.stderr)
         return 130
     except RuntimeError as exc:
         print(f"factory replay: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     print(f"replayed rows {report.start_row:,}..{report.next_row:,} of {report.rows:,} "
           f"({report.sent:,} transactions, {report.labels_sent:,} labels) in "
           f"{report.wall_s:.1f} s = {report.events_per_s:,.0f} transactions/s"
           + ("" if report.finished else "; continue with --resume"), file=sys.stderr)
-    return 0
+    return 130 if stop.is_set() else 0
+
+
+def _on_stop_signals(stop: threading.Event) -> dict[int, Any]:
+    """Make SIGINT and SIGTERM set ``stop`` once, then abort; returns the old handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nfactory replay: stopping after this chunk (again to abort)", file=sys.stderr)
+
+    return {signum: signal.signal(signum, request_stop)
+            for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 if __name__ == "__main__":

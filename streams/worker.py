@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from prometheus_client import start_http_server
 
@@ -51,9 +52,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-wait", type=float, default=0.05)
     parser.add_argument("--review-at", type=float, default=0.5)
     parser.add_argument("--block-at", type=float, default=0.9)
-    parser.add_argument("--log-level", default="warn", choices=("crit", "error", "warn", "info", "debug"))
+    parser.add_argument("--log-level", default="warn",
+                        choices=("crit", "error", "warn", "info", "debug"))
     parser.add_argument("--app-id", default="fraud-factory",
                         help="consumer group and table namespace of the worker")
+    parser.add_argument("--role", choices=("score", "labels", "all"), default="all",
+                        help="score transactions, apply labels, or both in one process")
+    parser.add_argument("--mode", choices=("live", "strict"), default="live",
+                        help="strict: score an event only once labels known by its time "
+                             "are applied (replays, parity); live: score at once")
+    parser.add_argument("--labels-group", default=None,
+                        help="consumer group of the labels worker whose watermark to follow")
+    parser.add_argument("--feature-log", default=None,
+                        help="folder of the offline feature log (default: state dir)")
     parser.add_argument("--offset-reset", choices=("earliest", "latest"), default="earliest",
                         help="where a new consumer group starts reading")
     args = parser.parse_args(argv)
@@ -61,11 +72,14 @@ def main(argv: list[str] | None = None) -> None:
     config = worker_config(
         settings, batch_max=args.batch_max, batch_wait_s=args.batch_wait,
         policy=DecisionPolicy(args.review_at, args.block_at),
-        app_id=args.app_id, offset_reset=args.offset_reset,
+        app_id=args.app_id, offset_reset=args.offset_reset, role=args.role, mode=args.mode,
+        labels_group=args.labels_group,
+        feature_log_dir=Path(args.feature_log) if args.feature_log else None,
     )
     metrics = WorkerMetrics()
     start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=metrics.registry)
-    logging.basicConfig(level={"crit": "CRITICAL", "warn": "WARNING"}.get(args.log_level, args.log_level.upper()))
+    levels = {"crit": "CRITICAL", "warn": "WARNING"}
+    logging.basicConfig(level=levels.get(args.log_level, args.log_level.upper()))
     app = create_app(config, metrics)
     sys.argv = [sys.argv[0], "worker", "--loglevel", args.log_level, "--without-web"]
     app.main()
@@ -80,8 +94,14 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, app_id: str, *, env: dict[str, str] | None = None,
                  offset_reset: str = "latest", log_path: str | None = None,
-                 extra_args: list[str] | None = None, metrics_port: int | None = None) -> None:
+                 extra_args: list[str] | None = None, metrics_port: int | None = None,
+                 role: str = "all", mode: str = "live", labels_group: str | None = None,
+                 feature_log: str | None = None) -> None:
         self.settings = settings
+        self.role = role
+        self.mode = mode
+        self.labels_group = labels_group
+        self.feature_log = feature_log
         self.metrics_port = metrics_port or settings.worker_metrics_port
         self.app_id = app_id
         self.env = env
@@ -93,7 +113,10 @@ class WorkerProcess:
     def start(self, bootstrap: str, timeout_s: float = 90.0) -> None:
         """Start the worker and wait until its consumer group owns every partition."""
         argv = [sys.executable, "-m", "streams.worker", "--app-id", self.app_id,
-                "--offset-reset", self.offset_reset, *self.extra_args]
+                "--offset-reset", self.offset_reset, "--role", self.role, "--mode", self.mode,
+                *(["--labels-group", self.labels_group] if self.labels_group else []),
+                *(["--feature-log", self.feature_log] if self.feature_log else []),
+                *self.extra_args]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             argv, cwd=REPO_ROOT,
@@ -108,8 +131,11 @@ class WorkerProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker not ready within {timeout_s:.0f} s")
             time.sleep(0.25)
+        from streams.topics import LABELS, TRANSACTIONS
+
         wait_for_group(bootstrap, self.settings, self.app_id, self.proc,
-                       max(5.0, deadline - time.monotonic()))
+                       max(5.0, deadline - time.monotonic()),
+                       topic=LABELS if self.role == "labels" else TRANSACTIONS)
 
     def metrics(self) -> dict[str, float]:
         """The worker's Prometheus samples (name with labels -> value); empty when down."""
@@ -148,11 +174,10 @@ class WorkerProcess:
 
 
 def wait_for_group(bootstrap: str, settings: Settings, group: str,
-                   proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    """Block until consumer group ``group`` is stable with every transactions partition."""
+                   proc: subprocess.Popen[bytes] | None, timeout_s: float,
+                   topic: str = "transactions") -> None:
+    """Block until consumer group ``group`` is stable and owns every partition of ``topic``."""
     from confluent_kafka.admin import AdminClient
-
-    from streams.topics import TRANSACTIONS
 
     admin = AdminClient({**settings.kafka.client_config(bootstrap), "log_level": 0})
     deadline = time.monotonic() + timeout_s
@@ -165,7 +190,7 @@ def wait_for_group(bootstrap: str, settings: Settings, group: str,
                 tp.partition
                 for member in description.members
                 for tp in member.assignment.topic_partitions
-                if tp.topic == TRANSACTIONS
+                if tp.topic == topic
             }
             if str(description.state).endswith("STABLE") and len(owned) == settings.partitions:
                 return

@@ -14,7 +14,12 @@ import pytest
 from streams.clients import Received, consume, produce, topic_end_offsets
 from streams.deadletter import read_headers
 from streams.feast_client import TERMINAL_VIEW, OnlineFeatures, open_store
-from streams.features import transaction_flags, update_card_history
+from streams.features import (
+    DAY,
+    terminal_window_features,
+    transaction_flags,
+    update_card_history,
+)
 from streams.records import Score, Transaction
 from streams.topics import SCORES, TRANSACTIONS_DLQ
 
@@ -36,7 +41,8 @@ def make_transactions(n: int, seed: int) -> list[Transaction]:
     ]
 
 
-def expected_features(txs: list[Transaction], terminal_values: dict[int, list[float]]
+def expected_features(txs: list[Transaction],
+                      terminal_labels: dict[int, tuple[list[float], list[float], list[int]]]
                       ) -> dict[int, np.ndarray]:
     """The feature vector each transaction should be scored on, computed independently."""
     histories: dict[int, list[list[float]]] = {}
@@ -46,7 +52,8 @@ def expected_features(txs: list[Transaction], terminal_values: dict[int, list[fl
                                             tx.amount)
         histories[tx.card_id] = history
         weekend, night = transaction_flags(tx.event_time)
-        terminal = terminal_values.get(tx.terminal_id, [0.0] * 6)
+        arrays = terminal_labels.get(tx.terminal_id, ([], [], []))
+        terminal = terminal_window_features(*(np.asarray(a) for a in arrays), tx.event_time)
         vectors[tx.tx_id] = np.array([tx.amount, weekend, night, *card, *terminal])
     return vectors
 
@@ -64,15 +71,20 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     live_stack, worker_factory: Callable[..., object]  # noqa: ANN001
 ) -> None:
     txs = make_transactions(1500, seed=11)
-    # Terminal features come from Feast: give some terminals known values first.
+    # Terminal features come from the label state in Feast: give some terminals labels.
     store = open_store(live_stack.endpoints.redis)
     online = OnlineFeatures(store)
     terminals = sorted({tx.terminal_id for tx in txs})[:10]
-    values = {t: [3.0, 0.25, 20.0, 0.1, 90.0, 0.05 + i / 100] for i, t in enumerate(terminals)}
-    online.push_terminal_risk(np.array(terminals), np.full(len(terminals), 1.5e9),
-                              np.array([values[t] for t in terminals]))
-    assert np.allclose(online.read(TERMINAL_VIEW, "terminal_id", np.array(terminals)),
-                       np.array([values[t] for t in terminals]))
+    rng = np.random.default_rng(5)
+    labels = {}
+    for terminal in terminals:
+        times = np.sort(rng.uniform(txs[0].event_time - 40 * DAY, txs[-1].event_time, 60))
+        labels[terminal] = (times.tolist(), (times + 7 * DAY).tolist(),
+                            rng.integers(0, 2, 60).tolist())
+    values = np.ones((len(terminals), 6))
+    online.push_terminal_risk(np.array(terminals), np.full(len(terminals), 1.5e9), values,
+                              [labels[t] for t in terminals])
+    assert np.allclose(online.read(TERMINAL_VIEW, "terminal_id", np.array(terminals)), values)
 
     # This worker serves metrics where the stack's Prometheus scrapes them.
     worker = worker_factory(metrics_port=live_stack.settings.worker_metrics_port)
@@ -87,7 +99,7 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     assert {s.model_version for s in scores} == {1}
     assert worker.alive()
 
-    vectors = expected_features(txs, values)
+    vectors = expected_features(txs, labels)
     session = ort.InferenceSession(
         str(live_stack.triton_repo / "fraud_detector" / "1" / "model.onnx"),
         providers=["CPUExecutionProvider"],

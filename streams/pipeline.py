@@ -1,0 +1,162 @@
+"""The scoring agent's work on one micro-batch: validate, featurise, score, emit, log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import faust
+import numpy as np
+
+from streams.emit import Emitter
+from streams.feast_client import OnlineFeatures, open_store
+from streams.feature_log import FeatureLog
+from streams.features import terminal_window_features, transaction_flags, update_card_history
+from streams.metrics import WorkerMetrics
+from streams.records import Score, Transaction, ValidationError
+from streams.scoring import TritonScorer
+from streams.topics import SCORES
+from streams.watermark import LabelWatermark
+
+if TYPE_CHECKING:
+    from streams.app import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+class ScoringPipeline:
+    """Everything the scoring agent does with one micro-batch of transactions."""
+
+    def __init__(self, config: WorkerConfig, metrics: WorkerMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.emitter = Emitter(config.kafka, config.settings, metrics)
+        self.started = asyncio.Event()
+        self.features: OnlineFeatures | None = None
+        self.scorer: TritonScorer | None = None
+        self.watermark: LabelWatermark | None = None
+        self.feature_log: FeatureLog | None = None
+        self.version = 0
+        self._version_checked = 0.0
+
+    async def start(self) -> None:
+        store = await asyncio.to_thread(open_store, self.config.redis_url)
+        self.features = OnlineFeatures(store)
+        self.scorer = TritonScorer(self.config.triton_url,
+                                   on_error=lambda exc: self.metrics.triton_errors.inc())
+        await self.scorer.connect()
+        if self.scorer.n_features != len(self.features.order):
+            raise RuntimeError(
+                f"Triton model takes {self.scorer.n_features} features but the feature "
+                f"service gives {len(self.features.order)}: {self.features.order}"
+            )
+        self.watermark = LabelWatermark(self.config.redis_url, self.config.watermark_group,
+                                        self.config.settings.partitions)
+        self.feature_log = FeatureLog(self.config.log_dir, self.features.order)
+        await self.refresh_version(force=True)
+        self.started.set()
+
+    async def refresh_version(self, force: bool = False) -> None:
+        """Route to the newest READY version; checked every ``version_refresh_s``."""
+        assert self.scorer is not None
+        now = time.monotonic()
+        if not force and now - self._version_checked < self.config.version_refresh_s:
+            return
+        self._version_checked = now
+        while True:
+            versions = await self.scorer.ready_versions()
+            if versions:
+                break
+            log.warning("no READY version of the model yet; waiting")
+            await asyncio.sleep(1.0)
+        if versions[-1] != self.version:
+            log.info("routing to model version %d", versions[-1])
+            self.version = versions[-1]
+            self.metrics.model_version.set(self.version)
+
+    async def process(self, stream: faust.Stream, events: list[faust.types.EventT],
+                      card_history: faust.Table) -> None:
+        """Validate, featurise, score and emit one micro-batch, then flush the outputs."""
+        self.metrics.events_in.inc(len(events))
+        self.metrics.batch_size.observe(len(events))
+        accepted: list[tuple[Transaction, faust.types.EventT]] = []
+        rows: list[list[float]] = []
+        for event in events:
+            try:
+                tx = Transaction.parse(event.message.value)
+            except ValidationError as exc:
+                self.emitter.dead_letter(event, "validate", exc)
+                continue
+            try:
+                # Table writes go to the changelog partition of the current event.
+                stream._set_current_event(event)
+                key = str(tx.card_id)
+                history, card_features = update_card_history(
+                    card_history[key], tx.event_time, tx.amount, tx.tx_id
+                )
+                card_history[key] = history
+            except Exception as exc:  # noqa: BLE001 - a poison event must not stop the worker
+                self.emitter.dead_letter(event, "features", exc)
+                continue
+            weekend, night = transaction_flags(tx.event_time)
+            rows.append([tx.amount, weekend, night, *card_features])
+            accepted.append((tx, event))
+        if accepted:
+            await self._score(accepted, np.asarray(rows, dtype=np.float64))
+        await self.emitter.flush()
+
+    async def _wait_for_labels(self, latest_event_time: float) -> None:
+        """Strict mode: wait until every label known by the batch's last event is applied."""
+        assert self.watermark is not None
+        while True:
+            mark = await asyncio.to_thread(self.watermark.current)
+            lag = latest_event_time - mark if mark is not None else float("inf")
+            self.metrics.label_staleness.set(max(0.0, lag) if mark is not None else -1)
+            if self.config.mode == "live" or (mark is not None and mark > latest_event_time):
+                return
+            await asyncio.sleep(0.02)
+
+    async def _score(self, accepted: list[tuple[Transaction, faust.types.EventT]],
+                     rows: np.ndarray) -> None:
+        assert self.features is not None and self.scorer is not None
+        assert self.feature_log is not None
+        ids = {
+            "tx_id": np.array([tx.tx_id for tx, _ in accepted], dtype=np.int64),
+            "event_time": np.array([tx.event_time for tx, _ in accepted], dtype=np.float64),
+            "card_id": np.array([tx.card_id for tx, _ in accepted], dtype=np.int64),
+            "terminal_id": np.array([tx.terminal_id for tx, _ in accepted], dtype=np.int64),
+        }
+        times = ids["event_time"]
+        # The card view gets each card's latest state of this batch.
+        card_ids = ids["card_id"]
+        _, last = np.unique(card_ids[::-1], return_index=True)
+        last = len(card_ids) - 1 - last
+        push = asyncio.create_task(asyncio.to_thread(
+            self.features.push_card_activity, card_ids[last], times[last], rows[last, 3:]
+        ))
+        await self._wait_for_labels(float(times.max()))
+        labels = await asyncio.to_thread(self.features.read_terminal_labels, ids["terminal_id"])
+        terminal = np.array([
+            terminal_window_features(*labels[int(terminal_id)], t)
+            for terminal_id, t in zip(ids["terminal_id"].tolist(), times.tolist(), strict=True)
+        ])
+        features = np.hstack([rows, terminal])
+        await self.refresh_version()
+        version = self.version
+        started = time.perf_counter()
+        scores = await self.scorer.score(features, version)
+        self.metrics.scoring_latency.observe(time.perf_counter() - started)
+        logged = asyncio.to_thread(self.feature_log.write, ids, features, scores, version)
+        now = time.time()
+        policy = self.config.policy
+        for (tx, event), score in zip(accepted, scores.tolist(), strict=True):
+            appended = event.message.timestamp
+            latency = max(0.0, now - appended) if appended else 0.0
+            record = Score(tx.tx_id, tx.card_id, tx.event_time, float(score),
+                           policy.decide(score), version, round(latency * 1000, 3))
+            self.emitter.produce(SCORES, record.to_json(), event.message.key)
+            self.metrics.end_to_end_latency.observe(latency)
+        await asyncio.gather(push, logged)
+        self.metrics.scored.inc(len(accepted))
