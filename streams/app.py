@@ -106,6 +106,9 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
         broker_commit_every=2000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=8192,
+        # A killed worker's partitions move to the others within seconds.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         datadir=str(settings.state_dir / "faust" / config.app_id),
     )
     pipelines: list[ScoringPipeline | LabelPipeline] = []
@@ -113,7 +116,7 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
     if config.role in ("score", "all"):
         transactions = app.topic(TRANSACTIONS, key_serializer="raw", value_serializer="raw")
         card_history = app.Table("card-history", default=list, partitions=settings.partitions,
-                                 key_type=str, value_type=list)
+                                 key_type=str)
         scoring = ScoringPipeline(config, metrics)
         pipelines.append(scoring)
 
@@ -128,7 +131,7 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
         labels = app.topic(LABELS, key_serializer="raw", value_serializer="raw")
         terminal_labels = app.Table("terminal-labels", default=list,
                                     partitions=settings.partitions,
-                                    key_type=str, value_type=list)
+                                    key_type=str)
         labelling = LabelPipeline(config, metrics)
         pipelines.append(labelling)
 

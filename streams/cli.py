@@ -5,6 +5,7 @@
     factory status               one line a service
     factory run [--events N]     the main job, end to end on simulated traffic
     factory worker [...]         run one stream worker in the foreground
+    factory replay [...]         replay a dataset into transactions and labels
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
 
         worker_main(argv[1:])
         return 0
+    if argv[:1] == ["replay"]:
+        from streams.producer import main as replay_main
+
+        return replay_main(argv[1:])
     parser = argparse.ArgumentParser(prog="factory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--events", type=int, default=5000)
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
     commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
+    commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":

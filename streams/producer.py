@@ -19,8 +19,6 @@ time (``--speed N`` is N times real time) are handled here; ``factory replay`` c
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import sys
 import threading
@@ -37,9 +35,11 @@ from streams.replay import (
     DELAY_COLUMN,
     LABEL_COLUMN,
     REQUIRED_COLUMNS,
+    Checkpoint,
     Dataset,
     DatasetError,
     LabelSchedule,
+    Progress,
     paced_end,
 )
 from streams.settings import Settings
@@ -89,31 +89,6 @@ class ReplayReport:
         return self.sent / self.wall_s if self.wall_s > 0 else 0.0
 
 
-class Checkpoint:
-    """Where a replay of one dataset stands, in ``<state_dir>/producer/<fingerprint>.json``."""
-
-    def __init__(self, state_dir: Path, fingerprint: str) -> None:
-        self.path = state_dir / "producer" / f"{fingerprint}.json"
-        self.fingerprint = fingerprint
-
-    def load(self) -> tuple[int, int] | None:
-        """``(next_row, label_position)``, or None without a checkpoint."""
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-        if data.get("fingerprint") != self.fingerprint:
-            return None
-        return int(data["next_row"]), int(data["label_position"])
-
-    def save(self, next_row: int, label_position: int, **info: object) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"fingerprint": self.fingerprint, "next_row": next_row,
-                                       "label_position": label_position, **info}, indent=2))
-        os.replace(partial, self.path)
-
-
 class _Acks:
     """Delivery reports of one chunk of transactions."""
 
@@ -126,27 +101,6 @@ class _Acks:
         self.pending -= 1
         if err is not None:
             self.errors.append(str(err))
-
-
-class _Progress:
-    """One updating line on stderr: events, events/s, the event-time clock."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self.tty = sys.stderr.isatty()
-        self.began = self.shown = time.monotonic()
-
-    def show(self, sent: int, labels: int, clock: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self.shown < (0.5 if self.tty else 10)):
-            return
-        self.shown = now
-        rate = sent / max(now - self.began, 1e-9)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(clock)) if clock else "-"
-        line = (f"replay {sent:,}/{self.total:,} tx  {rate:,.0f} tx/s  "
-                f"{labels:,} labels  event time {stamp}")
-        end = "\n" if final or not self.tty else ""
-        print(f"\r{line}\x1b[K" if self.tty else line, end=end, file=sys.stderr, flush=True)
 
 
 def replay(dataset: Dataset, bootstrap: str, settings: Settings,
@@ -172,7 +126,12 @@ def replay(dataset: Dataset, bootstrap: str, settings: Settings,
     n = len(dataset)
     schedule = (LabelSchedule.build(dataset.event_time, dataset.delay_s)
                 if options.labels and dataset.is_fraud is not None else None)
-    start_row, label_pos = (checkpoint.load() or (0, 0)) if options.resume else (0, 0)
+    saved_position = checkpoint.load() if options.resume else None
+    start_row, label_pos = saved_position or (0, 0)
+    if options.resume and options.progress:
+        print(f"resuming at row {start_row:,}, label {label_pos:,}" if saved_position
+              else f"no checkpoint in {checkpoint.path.parent} for this dataset; starting "
+              "at row 0", file=sys.stderr)
     stop_row = n if options.limit is None else min(n, start_row + options.limit)
     info = {"rows": n, "bootstrap": bootstrap, "transactions_topic": options.transactions_topic,
             "labels_topic": options.labels_topic}
@@ -182,7 +141,7 @@ def replay(dataset: Dataset, bootstrap: str, settings: Settings,
         "enable.idempotence": True,
     })
     errors: list[str] = []
-    progress = _Progress(stop_row - start_row, options.progress)
+    progress = Progress(stop_row - start_row, options.progress)
     pending: deque[_Acks] = deque()
     next_row, labels_sent, clock = start_row, 0, 0
     began = time.monotonic()
@@ -275,7 +234,7 @@ def resolve_bootstrap(explicit: str | None, settings: Settings) -> str:
     if path.exists():
         return Endpoints.load(path).kafka
     raise UsageError("no Kafka to replay to: pass --bootstrap, set KAFKA_BOOTSTRAP_SERVERS "
-                       "or start the local stack (factory up kafka)")
+                     "or start the local stack (factory up kafka)")
 
 
 def ensure_replay_topics(settings: Settings, bootstrap: str, names: Sequence[str]) -> None:
@@ -329,10 +288,25 @@ def load_dataset(args: argparse.Namespace) -> Dataset:
                               args.label_delay_days)
 
 
+CLI_DESCRIPTION = """\
+Replay a dataset into Kafka in event-time order: each transaction to `transactions`
+(key: card id), each label to `labels` (key: terminal id) once the replay clock passes
+its known_at = event_time + delay. Stops cleanly on Ctrl-C; --resume continues."""
+
+CLI_EXAMPLES = """\
+examples:
+  factory replay --simulate --customers 1000 --terminals 2000 --days 60
+  factory replay --simulate --drift card_testing:start=120,days=30,intensity=10
+  factory replay --parquet transactions.parquet --speed 3600 --resume"""
+
+
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
     if not value > 0:
         raise argparse.ArgumentTypeError("speed must be 'max' or a positive number")
     return value
@@ -340,7 +314,7 @@ def _speed(text: str) -> float | None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="factory replay", description=__doc__,
+        prog="factory replay", description=CLI_DESCRIPTION, epilog=CLI_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--simulate", action="store_true",

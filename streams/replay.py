@@ -1,17 +1,24 @@
 """What a replay sends and when: a validated dataset, its records, the label schedule, pacing.
 
-Everything here is pure (no Kafka), so that the replay producer
-(:mod:`streams.producer`) is a thin loop around it. A dataset is validated completely
-before anything is produced; a bad column gives one :class:`DatasetError` that names it.
-Records are encoded a chunk at a time with Arrow's string kernels, about three times
-faster than formatting each row in Python; numbers are written in their shortest
-round-trip form, so ``json.loads`` gives back the exact values.
+Nothing here talks to Kafka, so that the replay producer (:mod:`streams.producer`) is a
+thin loop around it; the checkpoint file and the progress line live here too. A dataset
+is validated completely before anything is produced; a bad column gives one
+:class:`DatasetError` that names it. Records are encoded a chunk at a time with Arrow's
+string kernels, about three times faster than formatting each row in Python; numbers
+are written in their shortest round-trip form, so ``json.loads`` gives back the exact
+values. Event times are whole seconds since the epoch (UTC); a fraction of a second in
+the data is dropped.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -208,3 +215,49 @@ def paced_end(event_time: np.ndarray, next_row: int, stop_row: int, origin: int,
     if end > next_row:
         return end, 0.0
     return next_row, float(event_time[next_row] - clock) / speed
+
+
+class Checkpoint:
+    """Where a replay of one dataset stands, in ``<state_dir>/producer/<fingerprint>.json``."""
+
+    def __init__(self, state_dir: Path, fingerprint: str) -> None:
+        self.path = state_dir / "producer" / f"{fingerprint}.json"
+        self.fingerprint = fingerprint
+
+    def load(self) -> tuple[int, int] | None:
+        """``(next_row, label_position)``, or None without a checkpoint."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("fingerprint") != self.fingerprint:
+            return None
+        return int(data["next_row"]), int(data["label_position"])
+
+    def save(self, next_row: int, label_position: int, **info: object) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps({"fingerprint": self.fingerprint, "next_row": next_row,
+                                       "label_position": label_position, **info}, indent=2))
+        os.replace(partial, self.path)
+
+
+class Progress:
+    """One updating line on stderr: events, events/s, the event-time clock."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.tty = sys.stderr.isatty()
+        self.began = self.shown = time.monotonic()
+
+    def show(self, sent: int, labels: int, clock: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.shown < (0.5 if self.tty else 10)):
+            return
+        self.shown = now
+        rate = sent / max(now - self.began, 1e-9)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(clock)) if clock else "-"
+        line = (f"replay {sent:,}/{self.total:,} tx  {rate:,.0f} tx/s  "
+                f"{labels:,} labels  event time {stamp}")
+        end = "\n" if final or not self.tty else ""
+        print(f"\r{line}\x1b[K" if self.tty else line, end=end, file=sys.stderr, flush=True)

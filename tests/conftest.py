@@ -84,8 +84,8 @@ def worker_factory(live_stack: LiveStack, tmp_path: Path) -> Iterator[Callable[.
 
     started: list[WorkerProcess] = []
 
-    def start(**kwargs: object) -> WorkerProcess:
-        app_id = f"test-worker-{uuid.uuid4().hex[:8]}"
+    def start(app_id: str | None = None, **kwargs: object) -> WorkerProcess:
+        app_id = app_id or f"test-worker-{uuid.uuid4().hex[:8]}"
         kwargs.setdefault("metrics_port", free_port())
         worker = WorkerProcess(
             live_stack.settings, app_id, offset_reset="latest",
