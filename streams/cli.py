@@ -3,7 +3,7 @@
     factory up [SERVICE...]      start local services (kafka, redis, triton, prometheus)
     factory down [SERVICE...]    stop them
     factory status               one line a service
-    factory run [--events N]     the main job, end to end on simulated traffic
+    factory run [--days N]       the main job, end to end on simulated traffic
     factory worker [...]         run one stream worker in the foreground
     factory replay [...]         replay a dataset into transactions and labels
 """
@@ -37,16 +37,23 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("services", nargs="*", choices=[[], *SERVICE_ORDER], default=[])
     commands.add_parser("status", help="state of each service")
     run = commands.add_parser("run", help="the main job end to end")
-    run.add_argument("--events", type=int, default=5000)
+    run.add_argument("--customers", type=int, default=500)
+    run.add_argument("--terminals", type=int, default=1000)
+    run.add_argument("--days", type=int, default=45, help="at least 45 (train, test weeks)")
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
     commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
     commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
+            from streams.job import JobSize
             from streams.job import run as run_job
 
-            run_job(n_events=args.events, keep_up=args.keep_up)
+            if args.days < 45:
+                parser.error("--days must be at least 45")
+            size = JobSize(args.customers, args.terminals, args.days,
+                           test_days=(args.days - 7, args.days))
+            run_job(size, keep_up=args.keep_up)
             return 0
         stack = Stack(Settings.from_env())
         if args.command == "up":

@@ -87,7 +87,8 @@ def update_terminal_history(
         return history
     horizon = known_at - TERMINAL_RETENTION_S
     kept = [entry for entry in history if entry[1] > horizon]
-    kept.append([event_time, known_at, float(is_fraud), float(tx_id)])
+    # tx_id stays an integer: ids beyond 2**53 would collide as floats.
+    kept.append([event_time, known_at, float(is_fraud), int(tx_id)])
     kept.sort(key=lambda entry: (entry[0], entry[3]))
     return kept
 

@@ -1,9 +1,13 @@
 """The main job: the factory end to end on simulated card traffic.
 
-Starts the local services (those not given by settings), applies the Feast repository,
-trains and publishes a first model when the Triton repository has none, loads it,
-starts a stream worker, produces simulated transactions, waits until every one is scored
-or dead-lettered, prints a summary, and stops what it started.
+Starts the local services (those not given by settings), resets and applies the Feast
+repository, simulates card traffic with the handbook's simulator, trains and publishes a
+first model on the batch reference features of the early weeks when the Triton
+repository has none, loads it, starts a labels worker and a scoring worker in strict
+replay mode, replays every transaction and its delayed label on event time, waits until
+every transaction is scored, and prints a summary: throughput, latency, duplicates,
+training-serving skew (the streamed features against the batch reference), and the
+quality of the streamed scores on the last week. Then it stops what it started.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from infra.local.manager import Stack
-from streams.clients import consume, produce, topic_end_offsets, transactions_from_frame
-from streams.feast_client import apply_repo
+from streams.clients import Received, consume, topic_end_offsets
+from streams.feast_client import apply_repo, open_store
+from streams.feature_log import read_feature_log
 from streams.records import Score
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import SCORES
@@ -31,30 +37,42 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+@dataclass(frozen=True)
+class JobSize:
+    """The simulated world of one run, and the days the first model learns from."""
+
+    customers: int = 500
+    terminals: int = 1000
+    days: int = 45
+    train_days: tuple[int, int] = (14, 28)
+    valid_days: tuple[int, int] = (28, 31)
+    test_days: tuple[int, int] = (38, 45)
+
+
 def published_versions(repo: Path = TRITON_REPO) -> list[int]:
     model_dir = repo / "fraud_detector"
     return sorted(int(p.name) for p in model_dir.iterdir()
                   if p.is_dir() and p.name.isdigit() and (p / "model.onnx").exists())
 
 
-def ensure_first_model(repo: Path = TRITON_REPO, seed: int = 0) -> int:
-    """Publish version 1, trained on simulated history, when no version exists yet."""
+def ensure_first_model(repo: Path, reference: pd.DataFrame, size: JobSize, seed: int = 0) -> int:
+    """Publish version 1, trained on the reference features, when no version exists yet."""
     versions = published_versions(repo)
     if versions:
         return versions[-1]
     from models.export import publish_version
-    from models.reference_features import FEATURE_COLUMNS, add_reference_features
-    from models.simulator import simulate
+    from models.reference_features import FEATURE_COLUMNS
     from models.train import train_mlp
 
-    log("training model v1 on 60 simulated days (1,000 cards, 2,000 terminals)")
-    frame = add_reference_features(simulate(n_customers=1000, n_terminals=2000, nb_days=60))
-    days = frame["TX_TIME_DAYS"].to_numpy()
-    train, valid = frame[(days >= 30) & (days < 46)], frame[(days >= 53)]
+    days = reference["TX_TIME_DAYS"].to_numpy()
+    train = reference[(days >= size.train_days[0]) & (days < size.train_days[1])]
+    valid = reference[(days >= size.valid_days[0]) & (days < size.valid_days[1])]
+    log(f"training model v1 on days {size.train_days[0]}-{size.train_days[1] - 1} "
+        f"({len(train):,} transactions)")
     result = train_mlp(
         train[FEATURE_COLUMNS].to_numpy(np.float32), train["TX_FRAUD"].to_numpy(),
         X_val=valid[FEATURE_COLUMNS].to_numpy(np.float32), y_val=valid["TX_FRAUD"].to_numpy(),
-        epochs=20, seed=seed,
+        epochs=30, seed=seed,
     )
     publish_version(result.model, repo, 1)
     return 1
@@ -74,98 +92,156 @@ def load_model(triton_url: str, versions: list[int], repo: Path = TRITON_REPO) -
             raise RuntimeError(f"fraud_detector version {version} did not become ready")
 
 
+def reset_online_store(redis_url: str) -> None:
+    """Empty the project's online store and apply the repository again (a fresh run)."""
+    apply_repo(redis_url)
+    open_store(redis_url).teardown()
+    apply_repo(redis_url)
+
+
 @dataclass
 class Summary:
     produced: int
     scored: int
     distinct: int
     duplicates: int
-    dead_lettered: int
     wall_s: float
+    events_per_s: float
     p50_ms: float
     p99_ms: float
     decisions: dict[str, int]
     model_versions: list[int]
+    skew_rows: int
+    parity_rows: int
+    test_auc_roc: float
+    test_average_precision: float
+    test_card_precision_at_100: float
 
     def print(self) -> None:
-        rate = self.scored / self.wall_s if self.wall_s else 0.0
-        print(json.dumps(self.__dict__, indent=2))
+        print(json.dumps(asdict(self), indent=2))
         print(f"\nscored {self.distinct:,} of {self.produced:,} transactions "
-              f"({self.duplicates} duplicates, {self.dead_lettered} dead-lettered) "
-              f"in {self.wall_s:.1f} s = {rate:,.0f} events/s; "
-              f"latency p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms; "
-              f"model versions {self.model_versions}")
+              f"({self.duplicates} duplicates) in {self.wall_s:.1f} s = "
+              f"{self.events_per_s:,.0f} events/s; latency p50 {self.p50_ms:.0f} ms, "
+              f"p99 {self.p99_ms:.0f} ms (strict replay: includes waiting for labels)\n"
+              f"features equal to the batch reference on {self.parity_rows:,} of "
+              f"{self.distinct:,} rows ({self.skew_rows} differ)\n"
+              f"last-week quality of the streamed scores: AUC ROC "
+              f"{self.test_auc_roc:.3f}, AP {self.test_average_precision:.3f}, "
+              f"CP@100 {self.test_card_precision_at_100:.3f}; model versions "
+              f"{self.model_versions}")
 
 
-def run(n_events: int = 5000, keep_up: bool = False, settings: Settings | None = None,
+def _wait_for_scores(kafka: str, settings: Settings, start: dict[int, int], wanted: set[int],
+                     workers: list[WorkerProcess]) -> list[Received]:
+    seen: set[int] = set()
+    checked = 0
+
+    def done(received: list[Received]) -> bool:
+        nonlocal checked
+        if not all(w.alive() for w in workers):
+            raise SystemExit(f"a worker stopped; see {settings.state_dir}/*.log")
+        for message in received[checked:]:
+            seen.add(json.loads(message.value)["tx_id"])
+        checked = len(received)
+        return wanted <= seen
+
+    return consume(kafka, settings, SCORES, until=done, start=start, timeout_s=1800,
+                   progress="scores")
+
+
+def summarise(frame: pd.DataFrame, scores: list[Score], feature_log: Path, wall: float,
+              size: JobSize) -> Summary:
+    from models.evaluation import assess
+    from models.reference_features import FEATURE_COLUMNS
+
+    distinct = {s.tx_id: s for s in scores}
+    latencies = np.array([s.latency_ms for s in distinct.values()])
+    decisions: dict[str, int] = {}
+    for s in distinct.values():
+        decisions[s.decision] = decisions.get(s.decision, 0) + 1
+    logged = read_feature_log(feature_log).set_index("tx_id")
+    reference = frame.set_index("TRANSACTION_ID").loc[logged.index]
+    names = [c for c in logged.columns if "__" in c or c.startswith("tx_")][:len(FEATURE_COLUMNS)]
+    equal = np.isclose(logged[names].to_numpy(np.float64),
+                       reference[FEATURE_COLUMNS].to_numpy(np.float64), atol=1e-6).all(axis=1)
+    days = frame["TX_TIME_DAYS"].to_numpy()
+    test = frame[(days >= size.test_days[0]) & (days < size.test_days[1])]
+    quality = assess(test, np.array([distinct[t].score for t in test["TRANSACTION_ID"]]))
+    return Summary(
+        produced=len(frame), scored=len(scores), distinct=len(distinct),
+        duplicates=len(scores) - len(distinct), wall_s=round(wall, 2),
+        events_per_s=round(len(distinct) / wall, 1),
+        p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99)),
+        decisions=decisions, model_versions=sorted({s.model_version for s in scores}),
+        skew_rows=int((~equal).sum()), parity_rows=int(equal.sum()),
+        test_auc_roc=round(quality.auc_roc, 4),
+        test_average_precision=round(quality.average_precision, 4),
+        test_card_precision_at_100=round(quality.card_precision_at_k, 4),
+    )
+
+
+def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings | None = None,
         triton_repo: Path = TRITON_REPO) -> Summary:
     """Run the factory end to end once and return its summary."""
+    from models.reference_features import add_reference_features
+    from models.simulator import simulate
+    from streams.producer import ReplayOptions, replay
+    from streams.replay import Dataset
+
+    size = size or JobSize()
     settings = settings or Settings.from_env()
     stack = Stack(settings, triton_repo=triton_repo)
     already = {name for name, state in stack.status().items() if state == "up"}
     log("starting services")
     endpoints = stack.up()
-    worker: WorkerProcess | None = None
+    workers: list[WorkerProcess] = []
     try:
-        log("applying the Feast repository")
-        apply_repo(endpoints.redis)
-        version = ensure_first_model(triton_repo)
+        log("resetting the Feast online store and applying feature_repo/")
+        reset_online_store(endpoints.redis)
+        log(f"simulating {size.days} days of {size.customers:,} cards and "
+            f"{size.terminals:,} terminals")
+        frame = add_reference_features(simulate(
+            n_customers=size.customers, n_terminals=size.terminals, nb_days=size.days))
+        version = ensure_first_model(triton_repo, frame, size)
         log(f"loading fraud_detector version {version} into Triton")
         load_model(endpoints.triton, [version], repo=triton_repo)
 
-        from models.simulator import simulate
-
-        frame = simulate(n_customers=1000, n_terminals=2000, nb_days=60)
+        run_id = uuid.uuid4().hex[:8]
+        run_dir = settings.state_dir / "runs" / run_id
+        run_dir.mkdir(parents=True)
         # Fresh transaction ids per run, so that earlier runs never count here.
-        run_tag = int(time.time())
-        frame = frame[frame["TX_TIME_DAYS"] >= 59].head(n_events).copy()
-        frame["TRANSACTION_ID"] = run_tag * 10**6 + np.arange(len(frame))
-        app_id = f"fraud-factory-run-{uuid.uuid4().hex[:8]}"
-        worker = WorkerProcess(settings, app_id, offset_reset="latest",
-                               log_path=str(settings.state_dir / "worker.log"),
-                               metrics_port=settings.worker_metrics_port,
-                               env={"FACTORY_STATE_DIR": str(settings.state_dir)})
-        log(f"starting a stream worker ({app_id})")
-        worker.start(endpoints.kafka)
+        frame["TRANSACTION_ID"] = (int(time.time()) % 10**8) * 10**7 + np.arange(len(frame))
+        common = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)},
+                  "offset_reset": "latest"}
+        workers = [
+            WorkerProcess(settings, f"factory-{run_id}-labels", role="labels",
+                          log_path=str(run_dir / "labels-worker.log"),
+                          metrics_port=settings.worker_metrics_port + 1, **common),
+            WorkerProcess(settings, f"factory-{run_id}", role="score", mode="strict",
+                          labels_group=f"factory-{run_id}-labels",
+                          feature_log=str(run_dir / "feature_log"),
+                          log_path=str(run_dir / "score-worker.log"),
+                          metrics_port=settings.worker_metrics_port, **common),
+        ]
+        log(f"starting a labels worker and a scoring worker (run {run_id}, strict replay)")
+        for worker in workers:
+            worker.start(endpoints.kafka)
         start = topic_end_offsets(endpoints.kafka, settings, SCORES)
-        wanted = set(frame["TRANSACTION_ID"].tolist())
-        log(f"producing {len(frame):,} simulated transactions")
+        log(f"replaying {len(frame):,} transactions and their labels on event time")
         began = time.monotonic()
-        produced = produce(endpoints.kafka, settings, transactions_from_frame(frame))
-        seen: set[int] = set()
-
-        def done(received: list) -> bool:  # noqa: ANN001
-            if not worker.alive():
-                raise SystemExit(f"the worker stopped; see {settings.state_dir / 'worker.log'}")
-            for message in received[done.checked:]:
-                seen.add(json.loads(message.value)["tx_id"])
-            done.checked = len(received)  # type: ignore[attr-defined]
-            return wanted <= seen
-
-        done.checked = 0  # type: ignore[attr-defined]
-        received = consume(endpoints.kafka, settings, SCORES, until=done, start=start,
-                           timeout_s=180, progress="scores")
+        replay(Dataset.from_frame(frame), endpoints.kafka, settings, ReplayOptions())
+        received = _wait_for_scores(endpoints.kafka, settings, start,
+                                    set(frame["TRANSACTION_ID"].tolist()), workers)
         wall = time.monotonic() - began
-        scores = [Score.parse(m.value) for m in received]
-        mine = [s for s in scores if s.tx_id in wanted]
-        latencies = np.array([s.latency_ms for s in mine]) if mine else np.zeros(1)
-        decisions: dict[str, int] = {}
-        for s in mine:
-            decisions[s.decision] = decisions.get(s.decision, 0) + 1
-        summary = Summary(
-            produced=produced, scored=len(mine), distinct=len({s.tx_id for s in mine}),
-            duplicates=len(mine) - len({s.tx_id for s in mine}), dead_lettered=0,
-            wall_s=round(wall, 2), p50_ms=float(np.percentile(latencies, 50)),
-            p99_ms=float(np.percentile(latencies, 99)), decisions=decisions,
-            model_versions=sorted({s.model_version for s in mine}),
-        )
+        wanted = set(frame["TRANSACTION_ID"].tolist())
+        scores = [s for s in (Score.parse(m.value) for m in received) if s.tx_id in wanted]
+        summary = summarise(frame, scores, run_dir / "feature_log", wall, size)
         summary.print()
-        if summary.distinct < len(wanted):
-            raise SystemExit(f"only {summary.distinct} of {len(wanted)} transactions scored; "
-                             f"see {settings.state_dir / 'worker.log'}")
+        (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+        log(f"run folder: {run_dir}")
         return summary
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.stop()
         if not keep_up:
             stack.down([n for n in stack.services if n not in already])

@@ -34,6 +34,10 @@ class WorkerMetrics:
         self.triton_errors = Counter(
             "factory_triton_errors", "Failed Triton calls (retried)", registry=r
         )
+        self.stage_seconds = Counter(
+            "factory_stage_seconds", "Wall seconds spent in each stage of the micro-batches",
+            ["stage"], registry=r,
+        )
         self.labels_in = Counter("factory_labels_in", "Labels read", registry=r)
         self.label_watermark = Gauge(
             "factory_label_watermark_seconds",

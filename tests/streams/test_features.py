@@ -28,3 +28,14 @@ def test_windows_match_the_definition_including_ties() -> None:
             assert features[2 * j] == mask.sum()
             assert abs(features[2 * j + 1] - amounts[: i + 1][mask].mean()) < 1e-9
         assert all(t - h[0] < 30 * DAY for h in history)
+
+
+def test_terminal_history_keeps_large_ids_apart_and_ignores_repeats() -> None:
+    from streams.features import update_terminal_history
+
+    history: list[list[float]] = []
+    base = 17_958_835_770_008_804  # beyond 2**53: neighbours collide as floats
+    for i in range(3):
+        history = update_terminal_history(history, base + i, 1000.0 + i, i % 2, 2000.0 + i)
+    history = update_terminal_history(history, base + 1, 1001.0, 1, 2001.0)
+    assert [entry[3] for entry in history] == [base, base + 1, base + 2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.local.base import free_port, port_is_open
-from streams.job import run
+from streams.job import JobSize, run
 from streams.settings import REPO_ROOT, Settings
 
 pytestmark = pytest.mark.integration
@@ -27,11 +27,14 @@ def test_main_job_scores_every_transaction_and_stops_its_services(tmp_path: Path
         triton_metrics_port=free_port(), prometheus_port=free_port(),
         worker_metrics_port=free_port(),
     )
-    summary = run(n_events=800, settings=settings, triton_repo=repo)
-    assert summary.produced == 800
-    assert summary.distinct == 800 and summary.duplicates == 0
+    size = JobSize(customers=150, terminals=300, days=45)
+    summary = run(size, settings=settings, triton_repo=repo)
+    assert summary.produced > 5000
+    assert summary.distinct == summary.produced and summary.duplicates == 0
+    assert summary.skew_rows == 0 and summary.parity_rows == summary.produced
+    assert summary.test_auc_roc > 0.6
     assert summary.model_versions == [1]
-    assert sum(summary.decisions.values()) == 800
+    assert sum(summary.decisions.values()) == summary.produced
     assert (repo / "fraud_detector" / "1" / "model.onnx").exists()
     ports = [settings.kafka_port, settings.redis_port, settings.triton_grpc_port,
              settings.prometheus_port, settings.worker_metrics_port]

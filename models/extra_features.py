@@ -1,0 +1,238 @@
+"""Stream-exact features beyond the handbook's 14, and the model's input columns.
+
+Every feature here is a pure function of the transaction itself, of the card's
+own earlier transactions and of the terminal's earlier *labelled* transactions,
+so a stream processor that sees transactions in order and receives each label
+``delay_days`` after its transaction can reproduce it exactly.
+
+Conventions shared by all features, the same as the handbook's reference
+features (:mod:`models.reference_features`):
+
+* Rows are in chronological order: by TX_DATETIME, ties by TRANSACTION_ID.
+  "Earlier" rows of a row are those before it in that order.
+* A card window ``(t - w, t]`` holds the card's rows with ``t - w < t_j <= t``
+  that are at or before the row itself.
+* A terminal row's label is *known* at time ``t`` when ``t_j <= t - delay``
+  (the handbook's ``(t - (d + w), t - d]`` windows). The current row's label
+  is never known to itself.
+* ``day(t)`` is the calendar date of ``t``; day differences count midnights,
+  as TX_TIME_DAYS differences do. They are capped at :data:`HORIZON_DAYS`,
+  which also stands for "never".
+
+Amount averages are computed from integer cents, so they do not depend on
+summation order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from models.reference_features import FEATURE_COLUMNS, add_reference_features
+
+_NS_PER_DAY = 86400 * 10**9
+
+HORIZON_DAYS = 60
+"""Cap of every day-count feature; a terminal with no such known row gets it."""
+
+CARD_MEAN_DAYS = 90
+"""Window of the card's reference mean amount."""
+
+CARD_RECENT_DAYS = 14
+"""Window of the card's recent maximum amount."""
+
+EXTRA_FEATURE_COLUMNS: list[str] = [
+    "CUSTOMER_ID_AMOUNT_RATIO_90DAY",
+    "CUSTOMER_ID_MAX_PREV_AMOUNT_RATIO_14DAY",
+    "TERMINAL_ID_KNOWN_FRAUD_RUN",
+    "TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS",
+    "TERMINAL_ID_KNOWN_FRAUD_RUN_MIN_RATIO",
+    "TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD",
+    "TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE",
+]
+"""The extra features, in model input order.
+
+CUSTOMER_ID_AMOUNT_RATIO_90DAY
+    ``TX_AMOUNT / m`` where ``m`` is the mean amount of the card's window
+    ``(t - 90 days, t]``, computed as ``(sum of amounts in integer cents) /
+    count / 100``. The window includes the row, so ``m > 0`` unless every amount
+    in it is zero; then the ratio is 1. Scenario 3 multiplies amounts by 5.
+CUSTOMER_ID_MAX_PREV_AMOUNT_RATIO_14DAY
+    The largest amount among the card's *earlier* rows in ``(t - 14 days, t]``,
+    divided by the same ``m``; 0 when there is none. A card that recently paid
+    several times its usual amount is likely compromised.
+TERMINAL_ID_KNOWN_FRAUD_RUN
+    Among the terminal's rows with known labels, in chronological order, the
+    number of consecutive frauds at the end (0 when the last known label is
+    genuine or no label is known). A compromised terminal turns every
+    transaction into fraud until the compromise ends.
+TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS
+    ``min(day(t) - day(first row of that run), 60)``; 0 when the run is empty.
+    It tells how long ago the compromise began, hence whether it has ended.
+TERMINAL_ID_KNOWN_FRAUD_RUN_MIN_RATIO
+    The smallest CUSTOMER_ID_AMOUNT_RATIO_90DAY among the run's rows (each as
+    computed at that row's own time); 0 when the run is empty. A run made of a
+    single large-amount fraud points at a compromised card, not terminal.
+TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD
+    ``min(day(t) - day(t_j), 60)`` for the terminal's latest known fraud ``j``;
+    60 when there is none.
+TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE
+    The same for the latest known genuine row. A compromise that began after
+    it is still invisible, so its chance grows with this gap.
+"""
+
+MODEL_FEATURE_COLUMNS: list[str] = [*FEATURE_COLUMNS, *EXTRA_FEATURE_COLUMNS]
+"""The model inputs: the handbook's 15 features, then the extras."""
+
+
+class _Groups:
+    """Rows arranged group by group, chronologically inside a group.
+
+    ``order`` maps grouped positions to chronological positions; every other
+    array is indexed by grouped position.
+    """
+
+    def __init__(self, keys: np.ndarray, times: np.ndarray) -> None:
+        n = len(keys)
+        self.order = np.argsort(keys, kind="stable")
+        grouped_keys = keys[self.order]
+        self.times = times[self.order]
+        self.position = np.arange(n, dtype=np.int64)
+        new_group = np.ones(n, dtype=bool)
+        new_group[1:] = grouped_keys[1:] != grouped_keys[:-1]
+        self.first = np.maximum.accumulate(np.where(new_group, self.position, 0))
+        # Group rank * n + chronological index increases along the grouped order,
+        # which turns "first row of my group after time x" into one searchsorted.
+        self._chronological_times = times
+        self._base = (np.cumsum(new_group) - 1).astype(np.int64) * n
+        self._composite = self._base + self.order
+
+    def start(self, lag_ns: int) -> np.ndarray:
+        """First grouped position of the row's group with ``t_j > t - lag``."""
+        chronological = self._chronological_times
+        before = np.searchsorted(chronological, chronological - lag_ns, side="right")
+        return np.searchsorted(self._composite, self._base + before[self.order], side="left")
+
+    def scatter(self, values: np.ndarray) -> np.ndarray:
+        """Grouped-order values back in chronological order."""
+        out = np.empty_like(values)
+        out[self.order] = values
+        return out
+
+
+def _last_where(flag: np.ndarray, groups: _Groups) -> np.ndarray:
+    """Latest grouped position ``<= p`` of the group where ``flag`` holds, else ``first - 1``."""
+    hit = np.where(flag, groups.position, -1)
+    return np.maximum.accumulate(np.maximum(hit, groups.first - 1))
+
+
+def _card_features(cards: _Groups, amounts: np.ndarray) -> dict[str, np.ndarray]:
+    end = cards.position + 1
+    cents = np.zeros(len(amounts) + 1, dtype=np.int64)
+    np.cumsum(np.rint(amounts * 100).astype(np.int64), out=cents[1:])
+    start = cards.start(CARD_MEAN_DAYS * _NS_PER_DAY)
+    mean = (cents[end] - cents[start]) / (end - start) / 100
+    safe_mean = np.where(mean > 0, mean, 1.0)
+    ratio = np.where(mean > 0, amounts / safe_mean, 1.0)
+
+    # Windows hold a few dozen rows, so scanning offsets 1, 2, ... over the rows
+    # whose window still reaches that far is fast and exact.
+    recent = cards.start(CARD_RECENT_DAYS * _NS_PER_DAY)
+    largest = np.zeros(len(amounts))
+    rows = np.flatnonzero(cards.position - 1 >= recent)
+    offset = 1
+    while len(rows):
+        largest[rows] = np.maximum(largest[rows], amounts[rows - offset])
+        offset += 1
+        rows = rows[rows - offset >= recent[rows]]
+    return {
+        "CUSTOMER_ID_AMOUNT_RATIO_90DAY": ratio,
+        "CUSTOMER_ID_MAX_PREV_AMOUNT_RATIO_14DAY": largest / safe_mean,
+    }
+
+
+def _terminal_features(
+    terminals: _Groups, frauds: np.ndarray, days: np.ndarray, ratio: np.ndarray, delay_ns: int
+) -> dict[str, np.ndarray]:
+    fraud = frauds == 1
+    position = terminals.position
+    last_genuine = _last_where(~fraud, terminals)
+    last_fraud = _last_where(fraud, terminals)
+    # Runs of frauds are the stretches after each genuine row (or the group start);
+    # the run's minimum ratio accumulates along each stretch.
+    run_min = (
+        pd.Series(np.where(fraud, ratio, np.inf)).groupby(last_genuine).cummin().to_numpy()
+    )
+
+    known = terminals.start(delay_ns) - 1
+    has_known = known >= terminals.first
+    k = np.maximum(known, 0)
+    run = np.where(has_known & fraud[k], k - last_genuine[k], 0)
+    run_first = np.maximum(k - run + 1, 0)
+
+    def days_since(latest: np.ndarray) -> np.ndarray:
+        valid = has_known & (latest >= terminals.first)
+        gap = days - days[np.maximum(latest, 0)]
+        return np.where(valid, np.minimum(gap, HORIZON_DAYS), HORIZON_DAYS)
+
+    return {
+        "TERMINAL_ID_KNOWN_FRAUD_RUN": run.astype(np.float64),
+        "TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS": np.where(
+            run > 0, np.minimum(days - days[run_first], HORIZON_DAYS), 0
+        ).astype(np.float64),
+        "TERMINAL_ID_KNOWN_FRAUD_RUN_MIN_RATIO": np.where(run > 0, run_min[k], 0.0),
+        "TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD": days_since(last_fraud[k]).astype(np.float64),
+        "TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE": days_since(last_genuine[k]).astype(np.float64),
+    }
+
+
+def add_extra_features(df: pd.DataFrame, delay_days: int = 7) -> pd.DataFrame:
+    """Add :data:`EXTRA_FEATURE_COLUMNS` to a transaction table.
+
+    Parameters
+    ----------
+    df
+        Transactions with TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID,
+        TX_AMOUNT and TX_FRAUD, in any row order.
+    delay_days
+        Feedback delay: a label is known ``delay_days`` after its transaction.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy of ``df`` with the extra columns appended (float64), in the
+        input's row order and index.
+    """
+    datetimes = pd.DatetimeIndex(df["TX_DATETIME"])
+    times = datetimes.asi8
+    chronological = np.lexsort((df["TRANSACTION_ID"].to_numpy(), times))
+    times = times[chronological]
+    amounts = df["TX_AMOUNT"].to_numpy(dtype=np.float64)[chronological]
+    frauds = df["TX_FRAUD"].to_numpy(dtype=np.int64)[chronological]
+    days = datetimes.to_numpy().astype("datetime64[D]").astype(np.int64)[chronological]
+
+    cards = _Groups(df["CUSTOMER_ID"].to_numpy()[chronological], times)
+    card = {name: cards.scatter(v) for name, v in _card_features(cards, amounts[cards.order]).items()}
+
+    terminals = _Groups(df["TERMINAL_ID"].to_numpy()[chronological], times)
+    ratio = card["CUSTOMER_ID_AMOUNT_RATIO_90DAY"][terminals.order]
+    terminal = _terminal_features(
+        terminals,
+        frauds[terminals.order],
+        days[terminals.order],
+        ratio,
+        delay_days * _NS_PER_DAY,
+    )
+    features = card | {name: terminals.scatter(v) for name, v in terminal.items()}
+
+    out = df.copy()
+    for name in EXTRA_FEATURE_COLUMNS:
+        values = np.empty(len(df), dtype=np.float64)
+        values[chronological] = features[name]
+        out[name] = values
+    return out
+
+
+def add_model_features(df: pd.DataFrame, delay_days: int = 7) -> pd.DataFrame:
+    """Raw transactions with the handbook features and the extras: every model input."""
+    return add_extra_features(add_reference_features(df, delay_days), delay_days)
