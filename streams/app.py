@@ -55,6 +55,7 @@ class WorkerConfig:
     version_refresh_s: float = 2.0
     offset_reset: str = "earliest"
     feature_log_dir: Path | None = None
+    feast_path: Literal["fast", "sdk"] = "fast"
 
     def __post_init__(self) -> None:
         if self.role == "all" and self.mode == "strict":

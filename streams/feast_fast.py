@@ -15,9 +15,10 @@ The layout (Feast 0.67, ``entity_key_serialization_version: 3``, one Int64 join 
   ``feast.types.Value``; the field ``_ts:<view>`` holds the row's event time as a
   serialized ``google.protobuf.Timestamp``.
 
-A Feast push skips a row unless its event time is later than the one stored; the fast
-path makes the same decision inside Redis (a Lua script per row), so it needs one round
-trip where Feast needs two, and two writers cannot interleave between read and write.
+Unless the online store sets ``skip_dedup``, a Feast push skips a row whose event time is
+not later than the one stored; the fast path makes the same decision inside Redis (a Lua
+script a row), so it needs one round trip where Feast needs two, and two writers cannot
+interleave between the read and the write. With ``skip_dedup`` both write every row.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _DOUBLE, _INT64, _DOUBLE_LIST, _INT64_LIST = "DOUBLE", "INT64", "DOUBLE_LIST", "
 # and int64_list_val = 14 (length-delimited); inside a list, packed ``val = 1``.
 _TAG = {_DOUBLE: 0x29, _INT64: 0x20, _DOUBLE_LIST: 0x7A, _INT64_LIST: 0x72}
 _SMALL_INTS = [bytes((0x20, v)) for v in range(128)]
+_BYTES = [bytes((v,)) for v in range(128)]
 
 _CHECK_AND_SET = """
 local function varint(raw, i)
@@ -61,7 +63,7 @@ if stored then
   while i <= #stored do
     local tag, value = string.byte(stored, i)
     value, i = varint(stored, i + 1)
-    if tag == 99 then seconds = value elseif tag == 16 then nanos = value end
+    if tag == 8 then seconds = value elseif tag == 16 then nanos = value end
   end
   if seconds > 0 or (seconds == 0 and nanos > 0) then
     local new_seconds, new_nanos = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -81,6 +83,8 @@ _CHECK_AND_SET_SHA = hashlib.sha1(_CHECK_AND_SET.encode()).hexdigest()
 
 
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _BYTES[value]
     value &= _MASK64
     out = bytearray()
     while value >= 0x80:
@@ -159,11 +163,10 @@ def decode_array(raw: bytes | None, dtype: type) -> np.ndarray:
     if raw[pos] == 0x0A:
         size, start = _read_varint(raw, pos + 1)
         if start + size == len(raw):
-            packed = raw[start:]
-            if raw[0] == 0x7A and dtype is np.float64:
-                return np.frombuffer(packed, dtype="<f8").astype(np.float64)
-            if raw[0] == 0x72 and packed.isascii():  # every varint a single byte
-                return np.frombuffer(packed, dtype=np.uint8).astype(dtype)
+            if raw[0] == 0x7A and size % 8 == 0:
+                return np.frombuffer(raw, dtype="<f8", offset=start).astype(dtype)
+            if raw[0] == 0x72 and raw[start:].isascii():  # every varint one byte
+                return np.frombuffer(raw, dtype=np.uint8, offset=start).astype(dtype)
     value = _parse(raw)
     return np.asarray([] if value is None else list(value.val), dtype=dtype)
 
@@ -235,7 +238,7 @@ def view_layout(store: Any, name: str) -> ViewLayout:
                       f"_ts:{name}".encode())
 
 
-def _check_store(store: Any, service: str) -> None:
+def _check_store(store: Any) -> None:
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 
     config = store.config
@@ -258,7 +261,6 @@ def _check_store(store: Any, service: str) -> None:
                 p.name in (CARD_VIEW, TERMINAL_VIEW) for p in other.feature_view_projections):
             raise ValueError(f"feature service {other.name!r} precomputes online vectors, "
                              "which a push refreshes and the fast path does not")
-    store.get_feature_service(service)
 
 
 def redis_client(store: Any) -> redis.Redis:
@@ -274,7 +276,7 @@ class FastOnlineFeatures:
     """:class:`streams.feast_client.OnlineFeatures` on Feast's Redis layout, without the SDK."""
 
     def __init__(self, store: Any, service: str = "fraud_detector_v1") -> None:
-        _check_store(store, service)
+        _check_store(store)
         self.store = store
         feature_service = store.get_feature_service(service)
         self.views = {p.name: [f.name for f in p.features]
@@ -345,20 +347,28 @@ class FastOnlineFeatures:
 
         A pipeline without redis-py's bookkeeping for each command, which costs more than
         the command itself here. The connection is dropped on any error, as a reply left
-        unread would be taken for the answer to the next command sent on it.
+        unread would be taken for the answer to the next command sent on it; a broken
+        connection is retried once on a fresh one, as redis-py does (every command sent
+        here may run twice: reads, and writes of a key's whole state).
         """
         if not commands:
             return []
         pool = self.redis.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command(connection.pack_commands(commands))
-            return [connection.read_response() for _ in commands]
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            pool.release(connection)
+        for attempt in (0, 1):
+            connection = pool.get_connection()
+            try:
+                connection.send_packed_command(connection.pack_commands(commands))
+                return [connection.read_response() for _ in commands]
+            except redis.exceptions.ConnectionError:
+                connection.disconnect()
+                if attempt:
+                    raise
+            except BaseException:
+                connection.disconnect()
+                raise
+            finally:
+                pool.release(connection)
+        raise AssertionError("unreachable")
 
     def _push(self, view: str, ids: np.ndarray, event_times: np.ndarray, values: np.ndarray,
               arrays: list[tuple[Any, Any, Any]] | None) -> None:

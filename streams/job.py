@@ -215,6 +215,7 @@ def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings |
                   "offset_reset": "latest"}
         workers = [
             WorkerProcess(settings, f"factory-{run_id}-labels", role="labels",
+                          extra_args=["--batch-wait", "0.5", "--batch-max", "4096"],
                           log_path=str(run_dir / "labels-worker.log"),
                           metrics_port=settings.worker_metrics_port + 1, **common),
             WorkerProcess(settings, f"factory-{run_id}", role="score", mode="strict",

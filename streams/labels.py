@@ -9,7 +9,7 @@ import faust
 import numpy as np
 
 from streams.emit import Emitter
-from streams.feast_client import OnlineFeatures, open_store
+from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.features import terminal_arrays, terminal_window_features, update_terminal_history
 from streams.metrics import WorkerMetrics
 from streams.records import Label, ValidationError
@@ -32,7 +32,7 @@ class LabelPipeline:
 
     async def start(self) -> None:
         store = await asyncio.to_thread(open_store, self.config.redis_url)
-        self.features = OnlineFeatures(store)
+        self.features = online_features(store, self.config.feast_path)
         self.watermark = LabelWatermark(self.config.redis_url, self.config.watermark_group,
                                         self.config.settings.partitions)
         self.started.set()
@@ -42,6 +42,7 @@ class LabelPipeline:
         assert self.features is not None and self.watermark is not None
         self.metrics.labels_in.inc(len(events))
         touched: dict[str, list[list[float]]] = {}
+        last_event: dict[str, faust.types.EventT] = {}
         latest: dict[str, float] = {}
         marks: dict[int, float] = {}
         for event in events:
@@ -50,15 +51,19 @@ class LabelPipeline:
             except ValidationError as exc:
                 self.emitter.dead_letter(event, "validate", exc)
                 continue
-            stream._set_current_event(event)
             key = str(label.terminal_id)
-            history = update_terminal_history(table[key], label.tx_id, label.event_time,
-                                              label.is_fraud, label.known_at)
-            table[key] = history
+            history = update_terminal_history(touched[key] if key in touched else table[key],
+                                              label.tx_id, label.event_time, label.is_fraud,
+                                              label.known_at)
             touched[key] = history
+            last_event[key] = event
             latest[key] = max(latest.get(key, 0.0), label.known_at)
             partition = event.message.partition
             marks[partition] = max(marks.get(partition, 0.0), label.known_at)
+        for key, history in touched.items():
+            # One changelog write a terminal a batch, in the partition of its last label.
+            stream._set_current_event(last_event[key])
+            table[key] = history
         if touched:
             await asyncio.to_thread(self._push, touched, latest)
         await self.emitter.flush()

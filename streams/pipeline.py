@@ -11,7 +11,7 @@ import faust
 import numpy as np
 
 from streams.emit import Emitter
-from streams.feast_client import OnlineFeatures, open_store
+from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.feature_log import FeatureLog
 from streams.features import terminal_window_features, transaction_flags, update_card_history
 from streams.metrics import WorkerMetrics
@@ -43,7 +43,7 @@ class ScoringPipeline:
 
     async def start(self) -> None:
         store = await asyncio.to_thread(open_store, self.config.redis_url)
-        self.features = OnlineFeatures(store)
+        self.features = online_features(store, self.config.feast_path)
         self.scorer = TritonScorer(self.config.triton_url,
                                    on_error=lambda exc: self.metrics.triton_errors.inc())
         await self.scorer.connect()
@@ -84,26 +84,32 @@ class ScoringPipeline:
         clock = time.perf_counter()
         accepted: list[tuple[Transaction, faust.types.EventT]] = []
         rows: list[list[float]] = []
+        # Each card's history is read once and written once a batch: the changelog gets
+        # the card's state after its last event of the batch.
+        histories: dict[str, tuple[list[list[float]], faust.types.EventT]] = {}
         for event in events:
             try:
                 tx = Transaction.parse(event.message.value)
             except ValidationError as exc:
                 self.emitter.dead_letter(event, "validate", exc)
                 continue
+            key = str(tx.card_id)
             try:
-                # Table writes go to the changelog partition of the current event.
-                stream._set_current_event(event)
-                key = str(tx.card_id)
+                history = histories[key][0] if key in histories else card_history[key]
                 history, card_features = update_card_history(
-                    card_history[key], tx.event_time, tx.amount, tx.tx_id
+                    history, tx.event_time, tx.amount, tx.tx_id
                 )
-                card_history[key] = history
             except Exception as exc:  # noqa: BLE001 - a poison event must not stop the worker
                 self.emitter.dead_letter(event, "features", exc)
                 continue
+            histories[key] = (history, event)
             weekend, night = transaction_flags(tx.event_time)
             rows.append([tx.amount, weekend, night, *card_features])
             accepted.append((tx, event))
+        for key, (history, last_event) in histories.items():
+            # Table writes go to the changelog partition of the current event.
+            stream._set_current_event(last_event)
+            card_history[key] = history
         self._stage("validate_and_card_features", clock)
         if accepted:
             await self._score(accepted, np.asarray(rows, dtype=np.float64))

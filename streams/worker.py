@@ -48,8 +48,11 @@ def worker_config(settings: Settings, **overrides: object) -> WorkerConfig:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="factory worker", description=__doc__)
-    parser.add_argument("--batch-max", type=int, default=1024)
-    parser.add_argument("--batch-wait", type=float, default=0.05)
+    parser.add_argument("--batch-max", type=int, default=None,
+                        help="events a micro-batch at most (default 1024 live, 4096 strict)")
+    parser.add_argument("--batch-wait", type=float, default=None,
+                        help="seconds a micro-batch waits to fill (default 0.05 live, "
+                             "0.5 strict: replays favour throughput)")
     parser.add_argument("--review-at", type=float, default=0.5)
     parser.add_argument("--block-at", type=float, default=0.9)
     parser.add_argument("--log-level", default="warn",
@@ -65,15 +68,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="consumer group of the labels worker whose watermark to follow")
     parser.add_argument("--feature-log", default=None,
                         help="folder of the offline feature log (default: state dir)")
+    parser.add_argument("--feast-path", choices=("fast", "sdk"), default="fast",
+                        help="Feast online access: the fast Redis path or Feast's SDK")
     parser.add_argument("--offset-reset", choices=("earliest", "latest"), default="earliest",
                         help="where a new consumer group starts reading")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     config = worker_config(
-        settings, batch_max=args.batch_max, batch_wait_s=args.batch_wait,
+        settings,
+        batch_max=args.batch_max or (4096 if args.mode == "strict" else 1024),
+        batch_wait_s=args.batch_wait or (0.5 if args.mode == "strict" else 0.05),
         policy=DecisionPolicy(args.review_at, args.block_at),
         app_id=args.app_id, offset_reset=args.offset_reset, role=args.role, mode=args.mode,
-        labels_group=args.labels_group,
+        labels_group=args.labels_group, feast_path=args.feast_path,
         feature_log_dir=Path(args.feature_log) if args.feature_log else None,
     )
     metrics = WorkerMetrics()

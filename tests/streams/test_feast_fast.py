@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +16,7 @@ from streams.feast_fast import LABEL_FIELDS, FastOnlineFeatures
 # Ids no other test uses: Feast's online state is shared by the whole session.
 BASE = 700_000_000
 LARGE = 2**62
+INT64_MAX = 2**63 - 1
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,8 @@ def expected_rows(fast: FastOnlineFeatures, view: str, values: np.ndarray) -> np
     return np.nan_to_num(expected, nan=0.0, posinf=np.inf, neginf=-np.inf)
 
 
-def assert_labels_equal(left: dict[int, tuple[np.ndarray, ...]],
-                        right: dict[int, tuple[np.ndarray, ...]]) -> None:
+def assert_labels_equal(left: Mapping[int, tuple[np.ndarray, ...]],
+                        right: Mapping[int, tuple[np.ndarray, ...]]) -> None:
     assert left.keys() == right.keys()
     for key, arrays in left.items():
         for a, b in zip(arrays, right[key], strict=True):
@@ -104,7 +105,7 @@ def feast_rows(store: Any, view: str, key: str, names: list[str],
 
 
 def hashes(client: redis.Redis, fast: FastOnlineFeatures, view: str,
-           ids: np.ndarray) -> list[dict[bytes, bytes]]:
+           ids: np.ndarray) -> list[Any]:
     return [client.hgetall(key) for key in fast.layouts[view].keys(ids)]
 
 
@@ -112,7 +113,7 @@ def hashes(client: redis.Redis, fast: FastOnlineFeatures, view: str,
 def test_fast_card_pushes_read_back_through_feast(store: Any, sdk: OnlineFeatures,
                                                   fast: FastOnlineFeatures) -> None:
     rng = np.random.default_rng(1)
-    ids = BASE + rng.choice(10_000, 300, replace=False)
+    ids = np.r_[BASE + rng.choice(10_000, 298, replace=False), LARGE + BASE, INT64_MAX]
     values = random_values(rng, fast, CARD_VIEW, len(ids))
     fast.push_card_activity(ids, random_times(rng, len(ids)), values)
 
@@ -197,8 +198,9 @@ def test_fast_writes_feasts_bytes(live_stack: Any, sdk: OnlineFeatures,
     client = redis.Redis.from_url(live_stack.endpoints.redis)
     n = 80
     for view, offset in ((CARD_VIEW, 500_000), (TERMINAL_VIEW, 600_000)):
-        by_fast = BASE + offset + np.arange(n)
-        by_sdk = BASE + offset + 50_000 + np.arange(n)
+        by_fast = np.r_[BASE + offset + np.arange(n - 2), INT64_MAX - 1, LARGE + BASE + 1]
+        by_sdk = np.r_[BASE + offset + 50_000 + np.arange(n - 2), INT64_MAX - 2,
+                       LARGE + BASE + 2]
         # Fractional times exercise the rounding to microseconds of Feast's push.
         times = random_times(rng, n)
         times[:3] = [1.5e9, 1.5e9 + 0.25, 1_600_000_000.123456789]
@@ -279,6 +281,16 @@ def test_pushes_survive_a_flushed_script_cache(live_stack: Any) -> None:
 
 
 @pytest.mark.integration
+def test_reads_survive_a_killed_connection(live_stack: Any, fast: FastOnlineFeatures) -> None:
+    ids = BASE + 950_000 + np.arange(3)
+    before = fast.read(CARD_VIEW, "card_id", ids)
+    client = redis.Redis.from_url(live_stack.endpoints.redis)
+    client.client_kill_filter(_id=str(fast.redis.client_id()))
+    np.testing.assert_array_equal(fast.read(CARD_VIEW, "card_id", ids), before)
+    client.close()
+
+
+@pytest.mark.integration
 def test_swaps_in_for_online_features(sdk: OnlineFeatures, fast: FastOnlineFeatures) -> None:
     assert fast.order == sdk.order
     assert fast.views == sdk.views
@@ -315,8 +327,8 @@ def test_refuses_stores_it_cannot_serve(config: dict[str, Any], message: str) ->
 
 
 def test_refuses_redis_cluster() -> None:
-    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 
-    store = fake_store(online_store=RedisOnlineStoreConfig(redis_type="redis_cluster"))
+    store = fake_store(online_store=RedisOnlineStoreConfig(redis_type=RedisType.redis_cluster))
     with pytest.raises(ValueError, match="redis_type 'redis', not 'redis_cluster'"):
         FastOnlineFeatures(store)

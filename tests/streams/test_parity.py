@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from streams.clients import Received, consume, topic_end_offsets
 from streams.feature_log import read_feature_log
 from streams.producer import ReplayOptions, replay
 from streams.replay import Dataset
-from streams.topics import SCORES
+from streams.topics import LABELS, SCORES, TRANSACTIONS
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,8 @@ def shifted(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
 
 def start_pair(worker_factory: Callable[..., object], log_dir: Path, app_id: str
                ) -> tuple[object, object]:
-    labels = worker_factory(role="labels", app_id=f"{app_id}-labels")
+    labels = worker_factory(role="labels", app_id=f"{app_id}-labels",
+                            extra_args=["--batch-wait", "0.5", "--batch-max", "4096"])
     scorer = worker_factory(role="score", mode="strict", app_id=app_id,
                             labels_group=f"{app_id}-labels", feature_log=str(log_dir))
     return labels, scorer
@@ -63,6 +65,24 @@ def wait_for_scores(live_stack, start: dict[int, int], wanted: set[int],  # noqa
 
     return consume(live_stack.endpoints.kafka, live_stack.settings, SCORES, until=done,
                    start=start, timeout_s=timeout_s)
+
+
+def wait_for_commits(live_stack, group: str, topic: str, start: dict[int, int],  # noqa: ANN001
+                     timeout_s: float = 120) -> None:
+    """Wait until ``group`` committed an offset past ``start`` on every partition."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(live_stack.settings.kafka.client_config(live_stack.endpoints.kafka))
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in start])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = admin.list_consumer_group_offsets([request])[group].result(timeout=10)
+        committed = {tp.partition: tp.offset for tp in result.topic_partitions}
+        if all(committed.get(p, -1) > offset for p, offset in start.items()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{group} did not commit on every {topic} partition")
 
 
 def assert_parity(frame: pd.DataFrame, log_dir: Path) -> pd.DataFrame:
@@ -108,15 +128,25 @@ def test_parity_holds_across_a_kill_9_of_both_workers(
     app_id = f"restart-{uuid.uuid4().hex[:8]}"
     labels, scorer = start_pair(worker_factory, log_dir, app_id)
     start = topic_end_offsets(live_stack.endpoints.kafka, live_stack.settings, SCORES)
-    replay(Dataset.from_frame(frame), live_stack.endpoints.kafka, live_stack.settings,
-           ReplayOptions(progress=False))
     wanted = set(frame["TRANSACTION_ID"].tolist())
-    wait_for_scores(live_stack, start, wanted, until_fraction=0.35)
-    time.sleep(2.5)  # let a commit happen on every partition
+    tx_start = topic_end_offsets(live_stack.endpoints.kafka, live_stack.settings, TRANSACTIONS)
+    labels_start = topic_end_offsets(live_stack.endpoints.kafka, live_stack.settings, LABELS)
+    # Paced so that the 30 days take about 40 s: the kill lands in the middle of the stream.
+    producer = threading.Thread(target=replay, args=(
+        Dataset.from_frame(frame), live_stack.endpoints.kafka, live_stack.settings,
+        ReplayOptions(progress=False, speed=DAYS * 86400 / 40)))
+    producer.start()
+    wait_for_scores(live_stack, start, wanted, until_fraction=0.3)
+    # Kill only once both groups committed progress on every partition, so that the
+    # restart resumes from commits (not from the reset policy) and repeats what came after.
+    wait_for_commits(live_stack, app_id, TRANSACTIONS, tx_start)
+    wait_for_commits(live_stack, f"{app_id}-labels", LABELS, labels_start)
     for worker in (scorer, labels):
         worker.stop(kill=True)  # kill -9: no clean shutdown, no final commit
+    assert producer.is_alive(), "the kill happened while events were still arriving"
     for worker in (labels, scorer):
         worker.start(live_stack.endpoints.kafka)
+    producer.join()
     received = wait_for_scores(live_stack, start, wanted)
     scored = [json.loads(m.value)["tx_id"] for m in received]
     mine = [tx for tx in scored if tx in wanted]
