@@ -17,7 +17,10 @@ import pytest
 from models.reference_features import FEATURE_COLUMNS, add_reference_features
 from models.simulator import simulate
 from streams.clients import Received, consume, topic_end_offsets
+from streams.feast_client import OnlineFeatures, model_feature_order, open_store
 from streams.feature_log import read_feature_log
+from streams.features import DAY, TERMINAL_RETENTION_S, terminal_window_features
+from streams.offline_store import export_offline, training_set
 from streams.producer import ReplayOptions, replay
 from streams.replay import Dataset
 from streams.topics import LABELS, SCORES, TRANSACTIONS
@@ -116,7 +119,56 @@ def test_streamed_features_equal_the_batch_reference(
     assert report.finished and report.rows == len(frame)
     wanted = set(frame["TRANSACTION_ID"].tolist())
     wait_for_scores(live_stack, start, wanted)
-    assert_parity(frame, tmp_path / "log")
+    logged = assert_parity(frame, tmp_path / "log")
+    assert_online_state(live_stack, frame, logged)
+    assert_point_in_time_training_set(live_stack, logged, tmp_path / "log")
+
+
+def assert_online_state(live_stack, frame: pd.DataFrame, logged: pd.DataFrame) -> None:  # noqa: ANN001
+    """What Feast returns online is the last streamed state of cards and terminals."""
+    online = OnlineFeatures(open_store(live_stack.endpoints.redis))
+    last = logged.sort_values(["event_time", "tx_id"]).groupby("card_id").tail(1)
+    sample = last.sample(60, random_state=1)
+    card_names = [c for c in logged.columns if c.startswith("card_activity__")]
+    assert np.allclose(online.read("card_activity", "card_id", sample["card_id"].to_numpy()),
+                       sample[card_names].to_numpy(np.float64), atol=1e-9)
+    terminals = np.sort(frame["TERMINAL_ID"].drop_duplicates().sample(40, random_state=2))
+    arrays = online.read_terminal_labels(terminals)
+    values = online.read("terminal_risk", "terminal_id", terminals)
+    seconds = frame["TX_DATETIME"].astype("int64") // 10**9
+    for i, terminal in enumerate(terminals.tolist()):
+        mine = frame[frame["TERMINAL_ID"] == terminal]
+        known = (seconds[mine.index] + 7 * DAY).to_numpy()
+        keep = known > known.max() - TERMINAL_RETENTION_S
+        times, known_at, frauds = arrays[terminal]
+        assert np.array_equal(np.sort(times), np.sort(seconds[mine.index].to_numpy()[keep]))
+        assert frauds.sum() == mine["TX_FRAUD"].to_numpy()[keep].sum()
+        assert np.allclose(values[i], terminal_window_features(times, known_at, frauds,
+                                                                known_at.max()))
+
+
+def assert_point_in_time_training_set(live_stack, logged: pd.DataFrame,  # noqa: ANN001
+                                      log_dir: Path) -> None:
+    """Feast's offline store, filled from the feature log, gives the served features."""
+    store = open_store(live_stack.endpoints.redis)
+    written = export_offline(log_dir)
+    assert written["card_activity"] > 0 and written["terminal_risk"] > 0
+    seconds = logged["event_time"].astype("int64")
+    unique = ~logged.assign(s=seconds).duplicated(["card_id", "s"], keep=False) & \
+        ~logged.assign(s=seconds).duplicated(["terminal_id", "s"], keep=False)
+    sample = logged[unique].sample(1500, random_state=3)
+    entities = pd.DataFrame({
+        "card_id": sample["card_id"].to_numpy(), "terminal_id": sample["terminal_id"].to_numpy(),
+        "event_timestamp": pd.to_datetime(sample["event_time"], unit="s", utc=True).to_numpy(),
+        "tx_id": sample["tx_id"].to_numpy(),
+    })
+    historical = training_set(store, entities).merge(sample, on="tx_id",
+                                                     suffixes=("", "_served"))
+    names = model_feature_order(store)[3:]
+    assert len(historical) == len(sample)
+    assert np.allclose(historical[names].to_numpy(np.float64),
+                       historical[[f"{n}_served" for n in names]].to_numpy(np.float64),
+                       atol=1e-9)
 
 
 def test_parity_holds_across_a_kill_9_of_both_workers(
