@@ -61,3 +61,15 @@ def read_feature_log(root: Path) -> pd.DataFrame:
         return pd.DataFrame()
     frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
     return frame.drop_duplicates("tx_id").sort_values("tx_id").reset_index(drop=True)
+
+
+def with_matured_labels(log: pd.DataFrame, labels: pd.DataFrame, as_of: float) -> pd.DataFrame:
+    """The logged rows whose label is known by ``as_of`` (event time), with the label.
+
+    ``labels`` has the label record's fields (``tx_id``, ``is_fraud``, ``known_at``); a
+    row whose label is not known yet is left out, so training and live quality only ever
+    see labels that existed at ``as_of``.
+    """
+    matured = labels.loc[labels["known_at"] <= as_of, ["tx_id", "is_fraud", "known_at"]]
+    matured = matured.drop_duplicates("tx_id")
+    return log.merge(matured, on="tx_id", how="inner", validate="one_to_one")

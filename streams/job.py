@@ -116,6 +116,7 @@ class Summary:
     test_auc_roc: float
     test_average_precision: float
     test_card_precision_at_100: float
+    stage_seconds: dict[str, float] | None = None
 
     def print(self) -> None:
         print(json.dumps(asdict(self), indent=2))
@@ -180,6 +181,17 @@ def summarise(frame: pd.DataFrame, scores: list[Score], feature_log: Path, wall:
     )
 
 
+def stage_seconds(workers: list[WorkerProcess]) -> dict[str, float]:
+    """Seconds each worker spent in each stage (``factory_stage_seconds``), by stage."""
+    prefix = 'factory_stage_seconds_total{stage="'
+    return {
+        f"{worker.role}:{name[len(prefix):-2]}": round(value, 3)
+        for worker in workers
+        for name, value in worker.metrics().items()
+        if name.startswith(prefix)
+    }
+
+
 def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings | None = None,
         triton_repo: Path = TRITON_REPO) -> Summary:
     """Run the factory end to end once and return its summary."""
@@ -237,6 +249,7 @@ def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings |
         wanted = set(frame["TRANSACTION_ID"].tolist())
         scores = [s for s in (Score.parse(m.value) for m in received) if s.tx_id in wanted]
         summary = summarise(frame, scores, run_dir / "feature_log", wall, size)
+        summary.stage_seconds = stage_seconds(workers)
         summary.print()
         (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
         log(f"run folder: {run_dir}")

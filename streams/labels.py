@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import faust
@@ -41,6 +42,7 @@ class LabelPipeline:
                       table: faust.Table) -> None:
         assert self.features is not None and self.watermark is not None
         self.metrics.labels_in.inc(len(events))
+        clock = time.perf_counter()
         touched: dict[str, list[list[float]]] = {}
         last_event: dict[str, faust.types.EventT] = {}
         latest: dict[str, float] = {}
@@ -64,12 +66,20 @@ class LabelPipeline:
             # One changelog write a terminal a batch, in the partition of its last label.
             stream._set_current_event(last_event[key])
             table[key] = history
+        clock = self._stage("apply_labels", clock)
         if touched:
             await asyncio.to_thread(self._push, touched, latest)
+        clock = self._stage("push_terminal_state", clock)
         await self.emitter.flush()
+        self._stage("flush", clock)
         for partition, known_at in marks.items():
             self.watermark.advance(partition, known_at)
             self.metrics.label_watermark.labels(str(partition)).set(known_at)
+
+    def _stage(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.metrics.stage_seconds.labels(name).inc(now - since)
+        return now
 
     def _push(self, touched: dict[str, list[list[float]]], latest: dict[str, float]) -> None:
         assert self.features is not None
