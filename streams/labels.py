@@ -66,20 +66,16 @@ class LabelPipeline:
             # One changelog write a terminal a batch, in the partition of its last label.
             stream._set_current_event(last_event[key])
             table[key] = history
-        clock = self._stage("apply_labels", clock)
+        clock = self.metrics.stage("apply_labels", clock)
         if touched:
             await asyncio.to_thread(self._push, touched, latest)
-        clock = self._stage("push_terminal_state", clock)
+        clock = self.metrics.stage("push_terminal_state", clock)
         await self.emitter.flush()
-        self._stage("flush", clock)
+        self.metrics.stage("flush", clock)
         for partition, known_at in marks.items():
             self.watermark.advance(partition, known_at)
             self.metrics.label_watermark.labels(str(partition)).set(known_at)
 
-    def _stage(self, name: str, since: float) -> float:
-        now = time.perf_counter()
-        self.metrics.stage_seconds.labels(name).inc(now - since)
-        return now
 
     def _push(self, touched: dict[str, list[list[float]]], latest: dict[str, float]) -> None:
         assert self.features is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -57,3 +59,9 @@ class WorkerMetrics:
         self.model_version = Gauge(
             "factory_model_version", "Model version serving", registry=r
         )
+
+    def stage(self, name: str, since: float) -> float:
+        """Count the seconds since ``since`` towards stage ``name``; returns now."""
+        now = time.perf_counter()
+        self.stage_seconds.labels(name).inc(now - since)
+        return now

@@ -110,17 +110,13 @@ class ScoringPipeline:
             # Table writes go to the changelog partition of the current event.
             stream._set_current_event(last_event)
             card_history[key] = history
-        self._stage("validate_and_card_features", clock)
+        self.metrics.stage("validate_and_card_features", clock)
         if accepted:
             await self._score(accepted, np.asarray(rows, dtype=np.float64))
         clock = time.perf_counter()
         await self.emitter.flush()
-        self._stage("flush", clock)
+        self.metrics.stage("flush", clock)
 
-    def _stage(self, name: str, since: float) -> float:
-        now = time.perf_counter()
-        self.metrics.stage_seconds.labels(name).inc(now - since)
-        return now
 
     async def _wait_for_labels(self, latest_event_time: float) -> None:
         """Strict mode: wait until every label known by the batch's last event is applied."""
@@ -153,21 +149,21 @@ class ScoringPipeline:
         ))
         clock = time.perf_counter()
         await self._wait_for_labels(float(times.max()))
-        clock = self._stage("wait_for_labels", clock)
+        clock = self.metrics.stage("wait_for_labels", clock)
         labels = await asyncio.to_thread(self.features.read_terminal_labels, ids["terminal_id"])
-        clock = self._stage("read_terminal_labels", clock)
+        clock = self.metrics.stage("read_terminal_labels", clock)
         terminal = np.array([
             terminal_window_features(*labels[int(terminal_id)], t)
             for terminal_id, t in zip(ids["terminal_id"].tolist(), times.tolist(), strict=True)
         ])
         features = np.hstack([rows, terminal])
-        clock = self._stage("terminal_features", clock)
+        clock = self.metrics.stage("terminal_features", clock)
         await self.refresh_version()
         version = self.version
         started = time.perf_counter()
         scores = await self.scorer.score(features, version)
         self.metrics.scoring_latency.observe(time.perf_counter() - started)
-        clock = self._stage("triton", clock)
+        clock = self.metrics.stage("triton", clock)
         logged = asyncio.to_thread(self.feature_log.write, ids, features, scores, version)
         now = time.time()
         policy = self.config.policy
@@ -178,7 +174,7 @@ class ScoringPipeline:
                            policy.decide(score), version, round(latency * 1000, 3))
             self.emitter.produce(SCORES, record.to_json(), event.message.key)
             self.metrics.end_to_end_latency.observe(latency)
-        clock = self._stage("produce_scores", clock)
+        clock = self.metrics.stage("produce_scores", clock)
         await asyncio.gather(push, logged)
-        self._stage("await_feast_push_and_log", clock)
+        self.metrics.stage("await_feast_push_and_log", clock)
         self.metrics.scored.inc(len(accepted))
