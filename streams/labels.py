@@ -36,6 +36,7 @@ class LabelPipeline:
         self.features = online_features(store, self.config.feast_path)
         self.watermark = LabelWatermark(self.config.redis_url, self.config.watermark_group,
                                         self.config.settings.partitions)
+        self.watermark.reset()
         self.started.set()
 
     async def process(self, stream: faust.Stream, events: list[faust.types.EventT],
@@ -44,7 +45,6 @@ class LabelPipeline:
         self.metrics.labels_in.inc(len(events))
         clock = time.perf_counter()
         touched: dict[str, list[list[float]]] = {}
-        last_event: dict[str, faust.types.EventT] = {}
         latest: dict[str, float] = {}
         marks: dict[int, float] = {}
         for event in events:
@@ -57,15 +57,12 @@ class LabelPipeline:
             history = update_terminal_history(touched[key] if key in touched else table[key],
                                               label.tx_id, label.event_time, label.is_fraud,
                                               label.known_at)
+            stream._set_current_event(event)
+            table[key] = history
             touched[key] = history
-            last_event[key] = event
             latest[key] = max(latest.get(key, 0.0), label.known_at)
             partition = event.message.partition
             marks[partition] = max(marks.get(partition, 0.0), label.known_at)
-        for key, history in touched.items():
-            # One changelog write a terminal a batch, in the partition of its last label.
-            stream._set_current_event(last_event[key])
-            table[key] = history
         clock = self.metrics.stage("apply_labels", clock)
         if touched:
             await asyncio.to_thread(self._push, touched, latest)

@@ -84,9 +84,9 @@ class ScoringPipeline:
         clock = time.perf_counter()
         accepted: list[tuple[Transaction, faust.types.EventT]] = []
         rows: list[list[float]] = []
-        # Each card's history is read once and written once a batch: the changelog gets
-        # the card's state after its last event of the batch.
-        histories: dict[str, tuple[list[list[float]], faust.types.EventT]] = {}
+        # Every event writes its card's state in the partition of that event: writing
+        # a card once a batch lost state in Faust's recovery after a kill -9.
+        histories: dict[str, list[list[float]]] = {}
         for event in events:
             try:
                 tx = Transaction.parse(event.message.value)
@@ -95,21 +95,19 @@ class ScoringPipeline:
                 continue
             key = str(tx.card_id)
             try:
-                history = histories[key][0] if key in histories else card_history[key]
+                history = histories[key] if key in histories else card_history[key]
                 history, card_features = update_card_history(
                     history, tx.event_time, tx.amount, tx.tx_id
                 )
+                stream._set_current_event(event)
+                card_history[key] = history
             except Exception as exc:  # noqa: BLE001 - a poison event must not stop the worker
                 self.emitter.dead_letter(event, "features", exc)
                 continue
-            histories[key] = (history, event)
+            histories[key] = history
             weekend, night = transaction_flags(tx.event_time)
             rows.append([tx.amount, weekend, night, *card_features])
             accepted.append((tx, event))
-        for key, (history, last_event) in histories.items():
-            # Table writes go to the changelog partition of the current event.
-            stream._set_current_event(last_event)
-            card_history[key] = history
         self.metrics.stage("validate_and_card_features", clock)
         if accepted:
             await self._score(accepted, np.asarray(rows, dtype=np.float64))

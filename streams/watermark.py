@@ -33,6 +33,15 @@ class LabelWatermark:
     def advance(self, partition: int, known_at: float) -> None:
         self._advance(keys=[self.key], args=[str(partition), repr(float(known_at))])
 
+    def reset(self) -> None:
+        """Forget every mark of the group, so scorers wait until labels are applied again.
+
+        A restarted labels worker replays labels since its last commit and pushes terminal
+        state rebuilt from its changelog: for a while Feast may hold less than the old
+        marks promised. Resetting first keeps strict scoring from reading that state.
+        """
+        self.client.delete(self.key)
+
     def current(self) -> float | None:
         """The smallest mark over all partitions; ``None`` until each has one."""
         marks = self.client.hgetall(self.key)
