@@ -155,14 +155,11 @@ def _terminal_features(
     terminals: _Groups, frauds: np.ndarray, days: np.ndarray, ratio: np.ndarray, delay_ns: int
 ) -> dict[str, np.ndarray]:
     fraud = frauds == 1
-    position = terminals.position
     last_genuine = _last_where(~fraud, terminals)
     last_fraud = _last_where(fraud, terminals)
     # Runs of frauds are the stretches after each genuine row (or the group start);
     # the run's minimum ratio accumulates along each stretch.
-    run_min = (
-        pd.Series(np.where(fraud, ratio, np.inf)).groupby(last_genuine).cummin().to_numpy()
-    )
+    run_min = pd.Series(np.where(fraud, ratio, np.inf)).groupby(last_genuine).cummin().to_numpy()
 
     known = terminals.start(delay_ns) - 1
     has_known = known >= terminals.first
@@ -212,7 +209,9 @@ def add_extra_features(df: pd.DataFrame, delay_days: int = 7) -> pd.DataFrame:
     days = datetimes.to_numpy().astype("datetime64[D]").astype(np.int64)[chronological]
 
     cards = _Groups(df["CUSTOMER_ID"].to_numpy()[chronological], times)
-    card = {name: cards.scatter(v) for name, v in _card_features(cards, amounts[cards.order]).items()}
+    card = {
+        name: cards.scatter(v) for name, v in _card_features(cards, amounts[cards.order]).items()
+    }
 
     terminals = _Groups(df["TERMINAL_ID"].to_numpy()[chronological], times)
     ratio = card["CUSTOMER_ID_AMOUNT_RATIO_90DAY"][terminals.order]

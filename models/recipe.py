@@ -1,0 +1,447 @@
+"""The training recipe of the fraud scorer and its score on the handbook's protocol.
+
+The scorer is a small bag of multilayer perceptrons over the handbook's features
+and the stream-exact extras (:data:`models.extra_features.MODEL_FEATURE_COLUMNS`).
+Three choices carry most of its quality:
+
+* **Piecewise-linear encoding** of every input (Gorishniy et al., 2022). Each
+  feature is also given as its position inside each of ``n_bins`` quantile
+  bins of the training data, so the network can place sharp thresholds (an
+  amount rule, a 28-day compromise) that a plain ReLU net on standardised
+  inputs only approximates. Bin edges are buffers of the module, like the
+  standardisation, so serving feeds raw features.
+* **Several training weeks.** The handbook trains on one week; the recipe
+  trains on the ``train_weeks`` weeks before the most recent labelled week and
+  stops early on that week, which never overlaps the test week.
+* **Balanced bagging.** Each member sees every fraud and its own random
+  ``genuine_fraction`` of the genuine rows, with an unweighted loss; members
+  are averaged. The undersampling offset is undone by a constant added to the
+  output logit, so the scores are calibrated probabilities.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.tree import DecisionTreeClassifier
+from torch import nn
+
+from models.evaluation import PrequentialResult, evaluate_prequential, prequential_start
+from models.extra_features import MODEL_FEATURE_COLUMNS, add_model_features
+from models.reference_features import TARGET_COLUMN
+from models.train import Device, pick_device
+
+MIN_STD = 1e-6
+
+
+class BinnedMLP(nn.Module):
+    """Standardised features plus their piecewise-linear encoding, then a ReLU MLP.
+
+    Parameters
+    ----------
+    n_features
+        Width of one input row.
+    hidden
+        Widths of the hidden layers.
+    dropout
+        Dropout after each hidden layer while training.
+    n_bins
+        Quantile bins per feature; features with fewer distinct values get fewer.
+    seed
+        Seeds the weight initialisation without touching the global random state.
+    prior
+        Indices of the features of an additive "unobservable fraud" branch. When
+        given, the probability is a noisy-OR, ``1 - (1 - prior(x)) (1 - mlp(x))``,
+        where ``prior`` is a linear function of the encoded ``prior`` features
+        only: frauds that no feature can explain are absorbed by the prior
+        instead of being fitted by the MLP through chance patterns.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    lower: torch.Tensor
+    width: torch.Tensor
+    used: torch.Tensor
+    offset: torch.Tensor
+    prior_index: torch.Tensor
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden: Sequence[int] = (128, 64),
+        dropout: float = 0.1,
+        n_bins: int = 16,
+        seed: int = 0,
+        prior: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.n_features, self.n_bins = n_features, n_bins
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.register_buffer("lower", torch.zeros(n_features, n_bins))
+        self.register_buffer("width", torch.ones(n_features, n_bins))
+        self.register_buffer("used", torch.zeros(n_features, n_bins))
+        self.register_buffer("offset", torch.zeros(()))
+        self.register_buffer("prior_index", torch.as_tensor(list(prior), dtype=torch.long))
+        layers: list[nn.Module] = []
+        width = n_features * (n_bins + 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for size in hidden:
+                layers += [nn.Linear(width, size), nn.ReLU()]
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+                width = size
+            layers.append(nn.Linear(width, 1))
+            self.net = nn.Sequential(*layers)
+            self.prior = nn.Linear(len(prior) * (n_bins + 1), 1) if len(prior) else None
+
+    def fit_encoding(
+        self, features: np.ndarray, labels: np.ndarray | None = None, tree_share: float = 0.5
+    ) -> BinnedMLP:
+        """Set standardisation and bin edges from training features; returns ``self``.
+
+        Without ``labels`` the edges are quantiles. With them, they are the
+        thresholds of a small decision tree fitted on each feature alone, which
+        puts edges where the fraud rate changes (an amount rule, a 28-day
+        window) however few rows lie beyond them.
+        """
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"expected features [n, {self.n_features}], got {x.shape}")
+        lower = np.zeros((self.n_features, self.n_bins))
+        width = np.ones_like(lower)
+        used = np.zeros_like(lower)
+        n_quantile = self.n_bins if labels is None else round(self.n_bins * (1 - tree_share))
+        for j in range(self.n_features):
+            edges = np.quantile(x[:, j], np.linspace(0.0, 1.0, n_quantile + 1))
+            if labels is not None:
+                edges = np.concatenate(
+                    [edges, _tree_edges(x[:, j], labels, self.n_bins - n_quantile)]
+                )
+            # Edges are deduplicated as the float32 the buffers hold, so no width is zero.
+            edges = np.unique(edges.astype(np.float32)).astype(np.float64)
+            k = len(edges) - 1
+            lower[j, :k], width[j, :k], used[j, :k] = edges[:-1], np.diff(edges), 1.0
+        for name, value in (
+            ("mean", x.mean(axis=0)),
+            ("std", np.maximum(x.std(axis=0), MIN_STD)),
+            ("lower", lower),
+            ("width", width),
+            ("used", used),
+        ):
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+        return self
+
+    def start_at_rate(self, rate: float) -> BinnedMLP:
+        """Make an untrained model predict about ``rate`` everywhere; returns ``self``.
+
+        Both output biases start at the rate's logit and the prior branch at zero
+        weights, so early epochs spend no steps pulling the scores from 0.5 down to
+        the fraud rate.
+        """
+        with torch.no_grad():
+            if self.prior is None:
+                self.net[-1].bias.fill_(float(np.log(rate / (1 - rate))))
+            else:
+                # Each of the two noisy-OR terms gets half of the rate.
+                half = rate / 2
+                self.net[-1].bias.fill_(float(np.log(half / (1 - half))))
+                self.prior.weight.zero_()
+                self.prior.bias.fill_(float(np.log(half / (1 - half))))
+        return self
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid scores before the undersampling offset, shape ``[batch, 1]``."""
+        standard = (x - self.mean) / self.std
+        encoded = ((x.unsqueeze(-1) - self.lower) / self.width).clamp(0.0, 1.0) * self.used
+        mlp = self.net(torch.cat([standard, encoded.flatten(1)], dim=1))
+        if self.prior is None:
+            return mlp
+        index = self.prior_index
+        prior = self.prior(torch.cat([standard[:, index], encoded[:, index].flatten(1)], dim=1))
+        # logit of 1 - (1 - p)(1 - m), from log-sigmoids so that it stays finite.
+        log_p, log_not_p = nn.functional.logsigmoid(prior), nn.functional.logsigmoid(-prior)
+        log_m, log_not_m = nn.functional.logsigmoid(mlp), nn.functional.logsigmoid(-mlp)
+        first, second = log_p, log_not_p + log_m
+        top = torch.maximum(first, second)
+        log_fraud = top + torch.log(torch.exp(first - top) + torch.exp(second - top))
+        return log_fraud - log_not_p - log_not_m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fraud probability per row, shape ``[batch, 1]``."""
+        return torch.sigmoid(self.logits(x) + self.offset)
+
+
+def _tree_edges(values: np.ndarray, labels: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin edges of one feature: its range split at a decision tree's thresholds."""
+    tree = DecisionTreeClassifier(max_leaf_nodes=n_bins, min_samples_leaf=20, random_state=0)
+    tree.fit(values.reshape(-1, 1), labels)
+    inner = tree.tree_.threshold[tree.tree_.feature >= 0]
+    return np.unique(np.concatenate([[values.min(), values.max()], inner]))
+
+
+class FraudEnsemble(nn.Module):
+    """The mean of its members' probabilities; one graph for export."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fraud probability per row, shape ``[batch, 1]``."""
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyper-parameters of :func:`fit_fraud_model` and of the training window."""
+
+    train_weeks: int = 3
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    n_bins: int = 16
+    tree_share: float = 0.0
+    n_members: int = 3
+    genuine_fraction: float = 0.25
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 1024
+    max_epochs: int = 30
+    patience: int = 4
+    stop_on: Literal["loss", "auc"] = "loss"
+    prior_features: tuple[str, ...] = ()
+    features: tuple[str, ...] = field(default_factory=lambda: tuple(MODEL_FEATURE_COLUMNS))
+
+
+DEFAULT_RECIPE = Recipe()
+
+
+def _xy(frame: pd.DataFrame, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    x = frame[list(recipe.features)].to_numpy(dtype=np.float32)
+    return x, frame[TARGET_COLUMN].to_numpy(dtype=np.float32)
+
+
+def _validation_score(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, offset: float, stop_on: str
+) -> float:
+    """Higher is better: minus the log-loss, or the AUC ROC, of the validation rows."""
+    model.eval()
+    with torch.no_grad():
+        logits = model.logits(x) + offset
+        if stop_on == "auc":
+            return float(roc_auc_score(y.cpu().numpy().ravel(), logits.cpu().numpy().ravel()))
+        return -float(nn.functional.binary_cross_entropy_with_logits(logits, y))
+
+
+def _train_member(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    valid: tuple[torch.Tensor, torch.Tensor],
+    recipe: Recipe,
+    seed: int,
+    device: torch.device,
+) -> nn.Module:
+    """Fit one member on all frauds and a seeded share of the genuine rows."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        # Dropout draws from the global generators; seeding them here keeps a
+        # member's training repeatable without touching the caller's state.
+        torch.manual_seed(seed)
+        return _fit_member(model, x, y, valid, recipe, seed, device)
+
+
+def _fit_member(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    valid: tuple[torch.Tensor, torch.Tensor],
+    recipe: Recipe,
+    seed: int,
+    device: torch.device,
+) -> nn.Module:
+    rng = np.random.default_rng(seed)
+    keep = (y == 1) | (rng.random(len(y)) < recipe.genuine_fraction)
+    features = torch.as_tensor(x[keep], device=device)
+    labels = torch.as_tensor(y[keep], device=device).reshape(-1, 1)
+    # Undersampling genuine rows multiplies the odds by 1 / fraction; this undoes it.
+    offset = float(np.log(recipe.genuine_fraction))
+    model.to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    best_score, best_epoch = -float("inf"), 0
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(1, recipe.max_epochs + 1):
+        model.train()
+        order = torch.randperm(len(features), generator=generator).to(device)
+        for start in range(0, len(order), recipe.batch_size):
+            index = order[start : start + recipe.batch_size]
+            optimiser.zero_grad(set_to_none=True)
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                model.logits(features[index]), labels[index]
+            )
+            loss.backward()
+            optimiser.step()
+        score = _validation_score(model, *valid, offset, recipe.stop_on)
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= recipe.patience:
+            break
+    model.load_state_dict(best_state)
+    model.offset.fill_(offset)
+    return model.cpu().eval()
+
+
+def fit_fraud_model(
+    train_df: pd.DataFrame,
+    valid_df: pd.DataFrame,
+    *,
+    seed: int = 0,
+    device: Device = "auto",
+    init: FraudEnsemble | BinnedMLP | None = None,
+    recipe: Recipe = DEFAULT_RECIPE,
+) -> FraudEnsemble:
+    """Train the fraud scorer.
+
+    Parameters
+    ----------
+    train_df
+        Labelled training rows with ``recipe.features`` and TX_FRAUD.
+    valid_df
+        Labelled rows for early stopping (the validation loss), later than the
+        training rows and disjoint from any assessment set.
+    seed
+        Seeds every member's weights, genuine subsample and batch order.
+    device
+        ``auto`` trains on CUDA when available; the model returned is on the CPU.
+    init
+        A model of this recipe to warm-start from, never modified: a
+        :class:`FraudEnsemble` (each member is fine-tuned) or one
+        :class:`BinnedMLP`. Its standardisation and bin edges are kept.
+    recipe
+        Hyper-parameters.
+
+    Returns
+    -------
+    FraudEnsemble
+        Maps ``[n, len(recipe.features)]`` float32 raw features to ``[n, 1]``
+        fraud probabilities, in eval mode.
+    """
+    torch_device = pick_device(device)
+    x, y = _xy(train_df, recipe)
+    if not 0 < y.sum() < len(y):
+        raise ValueError("the training rows need both frauds and genuine transactions")
+    x_val, y_val = _xy(valid_df, recipe)
+    valid = (
+        torch.as_tensor(x_val, device=torch_device),
+        torch.as_tensor(y_val, device=torch_device).reshape(-1, 1),
+    )
+    if init is not None:
+        starts = list(init.members) if isinstance(init, FraudEnsemble) else [init]
+        members = [copy.deepcopy(m) for m in starts]
+    else:
+        encoding = BinnedMLP(x.shape[1], (), n_bins=recipe.n_bins).fit_encoding(
+            x, y if recipe.tree_share > 0 else None, recipe.tree_share
+        )
+        members = []
+        for i in range(recipe.n_members):
+            prior = [recipe.features.index(name) for name in recipe.prior_features]
+            member = BinnedMLP(
+                x.shape[1], recipe.hidden, recipe.dropout, recipe.n_bins, seed + i, prior
+            )
+            for name in ("mean", "std", "lower", "width", "used"):
+                getattr(member, name).copy_(getattr(encoding, name))
+            member.start_at_rate(y.mean() / (y.mean() + (1 - y.mean()) * recipe.genuine_fraction))
+            members.append(member)
+    trained = [
+        _train_member(member, x, y, valid, recipe, seed + i, torch_device)
+        for i, member in enumerate(members)
+    ]
+    return FraudEnsemble(trained).eval()
+
+
+def predict(model: nn.Module, frame: pd.DataFrame, recipe: Recipe = DEFAULT_RECIPE) -> np.ndarray:
+    """Fraud probabilities of the rows of ``frame``, in batches, on the CPU."""
+    x = torch.as_tensor(frame[list(recipe.features)].to_numpy(dtype=np.float32))
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate(
+            [model(x[i : i + 65536]).numpy().ravel() for i in range(0, len(x), 65536)]
+        ).astype(np.float64)
+
+
+def training_window(
+    transactions: pd.DataFrame, block_start_day: int, recipe: Recipe = DEFAULT_RECIPE
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows for a handbook training block starting on a day.
+
+    Validation is the block itself, ``[s, s + 7)``, the most recent labelled week
+    before the delay week; training is the ``recipe.train_weeks`` weeks before it.
+    """
+    days = transactions["TX_TIME_DAYS"].to_numpy()
+    train = (days >= block_start_day - 7 * recipe.train_weeks) & (days < block_start_day)
+    valid = (days >= block_start_day) & (days < block_start_day + 7)
+    return transactions[train], transactions[valid]
+
+
+def prequential_quality(
+    df: pd.DataFrame,
+    *,
+    seed: int = 0,
+    device: Device = "auto",
+    recipe: Recipe = DEFAULT_RECIPE,
+) -> dict[str, object]:
+    """Assess the recipe on the handbook's prequential test (four weekly folds).
+
+    The test sets are exactly the handbook's (:func:`models.evaluation.evaluate_prequential`
+    from :func:`prequential_start` ``("test")``: test weeks from 2018-08-08 to
+    09-04, known compromised cards removed); only the training rows differ, as
+    :func:`training_window` describes.
+
+    Parameters
+    ----------
+    df
+        The transactions, raw or already with :data:`MODEL_FEATURE_COLUMNS`.
+    seed, device, recipe
+        As for :func:`fit_fraud_model`.
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``std`` (population) of ``auc_roc``, ``average_precision``
+        and ``card_precision_at_k`` (k = 100), ``folds`` (per fold, fold 0 is the
+        latest test week), ``seconds`` and the ``recipe``.
+    """
+    if not set(recipe.features) <= set(df.columns):
+        df = add_model_features(df)
+    started = time.perf_counter()
+
+    def fit_predict(block: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+        train, valid = training_window(df, int(block["TX_TIME_DAYS"].min()), recipe)
+        model = fit_fraud_model(train, valid, seed=seed, device=device, recipe=recipe)
+        return predict(model, test, recipe)
+
+    result = evaluate_prequential(fit_predict, df, prequential_start("test"))
+    return summarise(result) | {
+        "seconds": time.perf_counter() - started,
+        "recipe": asdict(recipe),
+    }
+
+
+def summarise(result: PrequentialResult) -> dict[str, object]:
+    """A prequential result as plain dictionaries of floats."""
+    return {
+        "mean": result.mean.as_dict(),
+        "std": result.std.as_dict(),
+        "folds": [fold.as_dict() for fold in result.folds],
+    }
