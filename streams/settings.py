@@ -83,9 +83,18 @@ class Settings:
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     prometheus_port: int = 9090
+    # Alertmanager's usual 9093 is the local Kafka controller's port.
+    alertmanager_port: int = 9094
+    alert_webhook_url: Secret | None = None
     worker_metrics_port: int = 8100
     worker_web_port: int = 6066
     partitions: int = 4
+    registry_dir: Path | None = None
+
+    @property
+    def model_registry_dir(self) -> Path:
+        """The model registry: ``registry_dir``, else ``<state_dir>/registry``."""
+        return self.registry_dir or self.state_dir / "registry"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -107,6 +116,7 @@ class Settings:
                 ("triton_grpc_port", "FACTORY_TRITON_GRPC_PORT"),
                 ("triton_metrics_port", "FACTORY_TRITON_METRICS_PORT"),
                 ("prometheus_port", "FACTORY_PROMETHEUS_PORT"),
+                ("alertmanager_port", "FACTORY_ALERTMANAGER_PORT"),
                 ("worker_metrics_port", "FACTORY_WORKER_METRICS_PORT"),
                 ("worker_web_port", "FACTORY_WORKER_WEB_PORT"),
                 ("partitions", "FACTORY_PARTITIONS"),
@@ -114,11 +124,14 @@ class Settings:
             if (value := _env(var)) is not None
         }
         state = _env("FACTORY_STATE_DIR")
+        registry = _env("FACTORY_REGISTRY_DIR")
         return cls(
             kafka=kafka,
             redis_url=_secret("REDIS_URL"),
             redis_password=_secret("REDIS_PASSWORD"),
             triton_url=_env("TRITON_URL"),
+            alert_webhook_url=_secret("FACTORY_ALERT_WEBHOOK_URL"),
             state_dir=Path(state) if state else REPO_ROOT / ".factory",
+            registry_dir=Path(registry) if registry else None,
             **ints,
         )

@@ -39,7 +39,7 @@ def _test_settings(state: Path) -> Settings:
         triton_http_port=free_port(),
         triton_grpc_port=free_port(),
         triton_metrics_port=free_port(),
-        prometheus_port=free_port(),
+        prometheus_port=free_port(), alertmanager_port=free_port(),
         worker_metrics_port=free_port(),
         partitions=4,
     )

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.local.alertmanager import AlertmanagerService
 from infra.local.base import LocalService, port_is_open
 from infra.local.kafka import KafkaService
 from infra.local.prometheus import PrometheusService
@@ -21,7 +22,8 @@ from infra.local.redis import RedisService
 from infra.local.triton import TritonService
 from streams.settings import REPO_ROOT, Settings
 
-SERVICE_ORDER = ("kafka", "redis", "triton", "prometheus")
+# Alertmanager before Prometheus, so that the first alerts have somewhere to go.
+SERVICE_ORDER = ("kafka", "redis", "triton", "alertmanager", "prometheus")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Endpoints:
     triton: str
     prometheus: str | None = None
     triton_metrics: str | None = None
+    alertmanager: str | None = None
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,8 +80,13 @@ class Stack:
         targets = {"factory-worker": [f"127.0.0.1:{settings.worker_metrics_port}"]}
         if triton_metrics:
             targets["triton"] = [triton_metrics]
+        webhook = settings.alert_webhook_url.get() if settings.alert_webhook_url else None
+        self.services["alertmanager"] = AlertmanagerService(
+            state, ports={"web": settings.alertmanager_port}, webhook_url=webhook
+        )
         self.services["prometheus"] = PrometheusService(
-            state, ports={"web": settings.prometheus_port}, targets=targets
+            state, ports={"web": settings.prometheus_port}, targets=targets,
+            alertmanager=f"127.0.0.1:{settings.alertmanager_port}",
         )
 
     @property
@@ -94,7 +102,8 @@ class Stack:
         metrics = (
             f"127.0.0.1:{s.triton_metrics_port}" if "triton" in self.services else None
         )
-        return Endpoints(kafka, redis, triton, prometheus, metrics)
+        alertmanager = self.services["alertmanager"].url()
+        return Endpoints(kafka, redis, triton, prometheus, metrics, alertmanager)
 
     def _selected(self, names: Iterable[str] | None) -> list[str]:
         wanted = set(names) if names else set(SERVICE_ORDER)

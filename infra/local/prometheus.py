@@ -1,4 +1,7 @@
-"""Prometheus from Debian's ``prometheus`` package, scraping the worker and Triton."""
+"""Prometheus from Debian's ``prometheus`` package, scraping the worker and Triton.
+
+It evaluates the alert rules of ``infra/prometheus/`` and sends what fires to Alertmanager.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +20,15 @@ RULES_DIR = Path(__file__).resolve().parents[1] / "prometheus"
 class PrometheusService(LocalService):
     """Prometheus bound to 127.0.0.1 with the project's scrape targets and alert rules.
 
-    ``targets`` maps a job name to the ``host:port`` list that job scrapes.
+    ``targets`` maps a job name to the ``host:port`` list that job scrapes;
+    ``alertmanager`` (``host:port``) is where firing alerts go, none when it is None.
+    ``scrape_interval`` is also the rule evaluation interval.
     """
 
     name: str = "prometheus"
     targets: dict[str, list[str]] = field(default_factory=dict)
     scrape_interval: str = "5s"
+    alertmanager: str | None = None
 
     def __post_init__(self) -> None:
         self.ports.setdefault("web", 9090)
@@ -40,6 +46,13 @@ class PrometheusService(LocalService):
         if rules:
             lines.append("rule_files:")
             lines += [f"  - {path}" for path in rules]
+        if self.alertmanager:
+            lines += [
+                "alerting:",
+                "  alertmanagers:",
+                "    - static_configs:",
+                f"        - targets: ['{self.alertmanager}']",
+            ]
         lines.append("scrape_configs:")
         for job, hosts in sorted(self.targets.items()):
             lines += [

@@ -20,6 +20,7 @@ def fresh_settings(state: Path) -> Settings:
         Settings(), state_dir=state, kafka_port=free_port(), kafka_controller_port=free_port(),
         redis_port=free_port(), triton_http_port=free_port(), triton_grpc_port=free_port(),
         triton_metrics_port=free_port(), prometheus_port=free_port(),
+        alertmanager_port=free_port(),
         worker_metrics_port=free_port(),
     )
 

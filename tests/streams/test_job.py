@@ -25,6 +25,7 @@ def test_main_job_scores_every_transaction_and_stops_its_services(tmp_path: Path
         kafka_controller_port=free_port(), redis_port=free_port(),
         triton_http_port=free_port(), triton_grpc_port=free_port(),
         triton_metrics_port=free_port(), prometheus_port=free_port(),
+        alertmanager_port=free_port(),
         worker_metrics_port=free_port(),
     )
     size = JobSize(customers=150, terminals=300, days=45)
