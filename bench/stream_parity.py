@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         kafka_controller_port=free_port(), redis_port=free_port(),
         triton_http_port=free_port(), triton_grpc_port=free_port(),
         triton_metrics_port=free_port(), prometheus_port=free_port(),
+        alertmanager_port=free_port(),
         worker_metrics_port=free_port(),
     )
     size = JobSize(args.customers, args.terminals, args.days,

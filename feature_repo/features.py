@@ -44,10 +44,14 @@ card_activity = FeatureView(
         Field(name="avg_amount_7day", dtype=Float64),
         Field(name="nb_tx_30day", dtype=Int64),
         Field(name="avg_amount_30day", dtype=Float64),
+        Field(name="amount_ratio_90day", dtype=Float64),
+        Field(name="max_prev_amount_ratio_14day", dtype=Float64),
     ],
     source=card_activity_push,
     online=True,
-    description="Card spending windows over (t - w, t], the current transaction included.",
+    description="Card spending windows over (t - w, t], the current transaction included; "
+                "the amount against the card's 90-day mean, and the card's largest earlier "
+                "amount of the last 14 days against the same mean.",
 )
 
 terminal_risk = FeatureView(
@@ -62,6 +66,9 @@ terminal_risk = FeatureView(
         Field(name="risk_7day", dtype=Float64),
         Field(name="nb_tx_30day", dtype=Int64),
         Field(name="risk_30day", dtype=Float64),
+        Field(name="known_fraud_run", dtype=Int64),
+        Field(name="known_fraud_run_days", dtype=Int64),
+        Field(name="days_since_known_genuine", dtype=Int64),
         # The labels behind those windows, so that a transaction at any time t gets its
         # own exact windows: event times, known times and fraud flags, by event time.
         Field(name="label_event_times", dtype=Array(Float64)),
@@ -71,7 +78,9 @@ terminal_risk = FeatureView(
     source=terminal_risk_push,
     online=True,
     description="Terminal counts and fraud rates over (t - 7 - w, t - 7] days, from labels; "
-                "the window values are those of a transaction at the latest label's time.",
+                "the run of frauds at the end of the known labels, its age in days, and the "
+                "days since the latest known genuine one; the values are those of a "
+                "transaction at the latest label's time.",
 )
 
 fraud_detector_v1 = FeatureService(
@@ -79,7 +88,10 @@ fraud_detector_v1 = FeatureService(
     features=[
         card_activity,
         terminal_risk[["nb_tx_1day", "risk_1day", "nb_tx_7day", "risk_7day",
-                       "nb_tx_30day", "risk_30day"]],
+                       "nb_tx_30day", "risk_30day", "known_fraud_run",
+                       "known_fraud_run_days", "days_since_known_genuine"]],
     ],
-    description="Inputs of fraud_detector version 1, after amount, weekend and night.",
+    description="Inputs of the fraud_detector model (interface 1: every version served "
+                "from triton_repo/fraud_detector reads these), after amount, weekend "
+                "and night.",
 )

@@ -33,7 +33,7 @@ from models.reference_features import FEATURE_COLUMNS, add_reference_features
 _NS_PER_DAY = 86400 * 10**9
 
 HORIZON_DAYS = 60
-"""Cap of every day-count feature; a terminal with no such known row gets it."""
+"""Cap of the day-count features; a terminal with no such known row gets it."""
 
 CARD_MEAN_DAYS = 90
 """Window of the card's reference mean amount."""
@@ -46,8 +46,6 @@ EXTRA_FEATURE_COLUMNS: list[str] = [
     "CUSTOMER_ID_MAX_PREV_AMOUNT_RATIO_14DAY",
     "TERMINAL_ID_KNOWN_FRAUD_RUN",
     "TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS",
-    "TERMINAL_ID_KNOWN_FRAUD_RUN_MIN_RATIO",
-    "TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD",
     "TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE",
 ]
 """The extra features, in model input order.
@@ -69,20 +67,51 @@ TERMINAL_ID_KNOWN_FRAUD_RUN
 TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS
     ``min(day(t) - day(first row of that run), 60)``; 0 when the run is empty.
     It tells how long ago the compromise began, hence whether it has ended.
-TERMINAL_ID_KNOWN_FRAUD_RUN_MIN_RATIO
-    The smallest CUSTOMER_ID_AMOUNT_RATIO_90DAY among the run's rows (each as
-    computed at that row's own time); 0 when the run is empty. A run made of a
-    single large-amount fraud points at a compromised card, not terminal.
-TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD
-    ``min(day(t) - day(t_j), 60)`` for the terminal's latest known fraud ``j``;
-    60 when there is none.
 TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE
-    The same for the latest known genuine row. A compromise that began after
-    it is still invisible, so its chance grows with this gap.
+    ``min(day(t) - day(t_j), 60)`` for the terminal's latest known genuine row
+    ``j``; 60 when there is none. A compromise that began after it is still
+    invisible, so its chance grows with this gap.
 """
 
-MODEL_FEATURE_COLUMNS: list[str] = [*FEATURE_COLUMNS, *EXTRA_FEATURE_COLUMNS]
-"""The model inputs: the handbook's 15 features, then the extras."""
+MODEL_FEATURE_COLUMNS: list[str] = [
+    *FEATURE_COLUMNS[:9],
+    *EXTRA_FEATURE_COLUMNS[:2],
+    *FEATURE_COLUMNS[9:],
+    *EXTRA_FEATURE_COLUMNS[2:],
+]
+"""The model inputs in serving order: the transaction's own three, the card's (the
+handbook's six, then the extras), the terminal's (the same). This is the order of the
+Feast feature service ``fraud_detector_v1`` (``feature_repo/features.py``)."""
+
+SERVING_NAMES: dict[str, str] = dict(
+    zip(
+        MODEL_FEATURE_COLUMNS,
+        [
+            "tx_amount", "tx_during_weekend", "tx_during_night",
+            *(f"card_activity__{k}_{w}day" for w in (1, 7, 30) for k in ("nb_tx", "avg_amount")),
+            "card_activity__amount_ratio_90day", "card_activity__max_prev_amount_ratio_14day",
+            *(f"terminal_risk__{kind}_{w}day" for w in (1, 7, 30) for kind in ("nb_tx", "risk")),
+            "terminal_risk__known_fraud_run", "terminal_risk__known_fraud_run_days",
+            "terminal_risk__days_since_known_genuine",
+        ],
+        strict=True,
+    )
+)
+"""Each model column's name in the stream's feature log and in Feast."""
+
+
+def from_serving_names(frame: pd.DataFrame) -> pd.DataFrame:
+    """A feature-log frame with its feature columns renamed to :data:`MODEL_FEATURE_COLUMNS`.
+
+    Raises
+    ------
+    KeyError
+        Naming every model feature the frame lacks.
+    """
+    missing = [name for name in SERVING_NAMES.values() if name not in frame.columns]
+    if missing:
+        raise KeyError(f"the feature log lacks model features {missing}")
+    return frame.rename(columns={v: k for k, v in SERVING_NAMES.items()})
 
 
 class _Groups:
@@ -152,34 +181,29 @@ def _card_features(cards: _Groups, amounts: np.ndarray) -> dict[str, np.ndarray]
 
 
 def _terminal_features(
-    terminals: _Groups, frauds: np.ndarray, days: np.ndarray, ratio: np.ndarray, delay_ns: int
+    terminals: _Groups, frauds: np.ndarray, days: np.ndarray, delay_ns: int
 ) -> dict[str, np.ndarray]:
     fraud = frauds == 1
     last_genuine = _last_where(~fraud, terminals)
-    last_fraud = _last_where(fraud, terminals)
-    # Runs of frauds are the stretches after each genuine row (or the group start);
-    # the run's minimum ratio accumulates along each stretch.
-    run_min = pd.Series(np.where(fraud, ratio, np.inf)).groupby(last_genuine).cummin().to_numpy()
-
     known = terminals.start(delay_ns) - 1
     has_known = known >= terminals.first
     k = np.maximum(known, 0)
     run = np.where(has_known & fraud[k], k - last_genuine[k], 0)
     run_first = np.maximum(k - run + 1, 0)
 
-    def days_since(latest: np.ndarray) -> np.ndarray:
-        valid = has_known & (latest >= terminals.first)
-        gap = days - days[np.maximum(latest, 0)]
-        return np.where(valid, np.minimum(gap, HORIZON_DAYS), HORIZON_DAYS)
+    latest_genuine = last_genuine[k]
+    genuine_gap = days - days[np.maximum(latest_genuine, 0)]
 
     return {
         "TERMINAL_ID_KNOWN_FRAUD_RUN": run.astype(np.float64),
         "TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS": np.where(
             run > 0, np.minimum(days - days[run_first], HORIZON_DAYS), 0
         ).astype(np.float64),
-        "TERMINAL_ID_KNOWN_FRAUD_RUN_MIN_RATIO": np.where(run > 0, run_min[k], 0.0),
-        "TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD": days_since(last_fraud[k]).astype(np.float64),
-        "TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE": days_since(last_genuine[k]).astype(np.float64),
+        "TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE": np.where(
+            has_known & (latest_genuine >= terminals.first),
+            np.minimum(genuine_gap, HORIZON_DAYS),
+            HORIZON_DAYS,
+        ).astype(np.float64),
     }
 
 
@@ -214,12 +238,10 @@ def add_extra_features(df: pd.DataFrame, delay_days: int = 7) -> pd.DataFrame:
     }
 
     terminals = _Groups(df["TERMINAL_ID"].to_numpy()[chronological], times)
-    ratio = card["CUSTOMER_ID_AMOUNT_RATIO_90DAY"][terminals.order]
     terminal = _terminal_features(
         terminals,
         frauds[terminals.order],
         days[terminals.order],
-        ratio,
         delay_days * _NS_PER_DAY,
     )
     features = card | {name: terminals.scatter(v) for name, v in terminal.items()}

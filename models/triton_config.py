@@ -10,7 +10,7 @@ Example
 -------
 >>> config = read_model_config()
 >>> config.input.name, config.input.dims, config.output.name
-('features', (15,), 'score')
+('features', (20,), 'score')
 """
 
 from __future__ import annotations

@@ -70,10 +70,14 @@ class OnlineFeatures:
     """Batched pushes of card features and reads of terminal features through Feast."""
 
     def __init__(self, store, service: str = "fraud_detector_v1") -> None:  # noqa: ANN001
+        from feast.types import Int64
+
         self.store = store
         feature_service = store.get_feature_service(service)
         self.views = {p.name: [f.name for f in p.features]
                       for p in feature_service.feature_view_projections}
+        self.integers = {p.name: {f.name for f in p.features if f.dtype == Int64}
+                         for p in feature_service.feature_view_projections}
         self.order = model_feature_order(store, service)
 
     def push_card_activity(self, card_ids: np.ndarray, event_times: np.ndarray,
@@ -82,9 +86,8 @@ class OnlineFeatures:
         from feast.data_source import PushMode
 
         frame = pd.DataFrame(values, columns=self.views[CARD_VIEW])
-        for name in self.views[CARD_VIEW]:
-            if name.startswith("nb_tx"):
-                frame[name] = frame[name].astype("int64")
+        for name in self.integers[CARD_VIEW]:
+            frame[name] = frame[name].astype("int64")
         frame.insert(0, "card_id", card_ids.astype("int64"))
         frame["event_timestamp"] = pd.to_datetime(event_times, unit="s", utc=True)
         self.store.push("card_activity_push", frame, to=PushMode.ONLINE)
@@ -97,9 +100,8 @@ class OnlineFeatures:
         from feast.data_source import PushMode
 
         frame = pd.DataFrame(values, columns=self.views[TERMINAL_VIEW])
-        for name in self.views[TERMINAL_VIEW]:
-            if name.startswith("nb_tx"):
-                frame[name] = frame[name].astype("int64")
+        for name in self.integers[TERMINAL_VIEW]:
+            frame[name] = frame[name].astype("int64")
         frame.insert(0, "terminal_id", terminal_ids.astype("int64"))
         arrays = arrays if arrays is not None else [([], [], [])] * len(frame)
         frame["label_event_times"] = [list(map(float, a[0])) for a in arrays]

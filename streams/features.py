@@ -23,15 +23,27 @@ DAY = 86400.0
 CARD_WINDOWS_DAYS = (1, 7, 30)
 TERMINAL_WINDOWS_DAYS = (1, 7, 30)
 LABEL_DELAY_DAYS = 7
-CARD_FEATURES = tuple(
-    name for w in CARD_WINDOWS_DAYS for name in (f"nb_tx_{w}day", f"avg_amount_{w}day")
+CARD_MEAN_DAYS = 90
+"""Window of the card's reference mean amount (``amount_ratio_90day``)."""
+CARD_RECENT_DAYS = 14
+"""Window of the card's recent largest amount (``max_prev_amount_ratio_14day``)."""
+HORIZON_DAYS = 60
+"""Cap of the terminal day counts; also what "never" counts as."""
+CARD_FEATURES = (
+    *(name for w in CARD_WINDOWS_DAYS for name in (f"nb_tx_{w}day", f"avg_amount_{w}day")),
+    "amount_ratio_90day",
+    "max_prev_amount_ratio_14day",
 )
-TERMINAL_FEATURES = tuple(
-    name for w in TERMINAL_WINDOWS_DAYS for name in (f"nb_tx_{w}day", f"risk_{w}day")
+TERMINAL_FEATURES = (
+    *(name for w in TERMINAL_WINDOWS_DAYS for name in (f"nb_tx_{w}day", f"risk_{w}day")),
+    "known_fraud_run",
+    "known_fraud_run_days",
+    "days_since_known_genuine",
 )
-# Terminal labels are kept this long after their known time: the longest window plus
+CARD_RETENTION_S = CARD_MEAN_DAYS * DAY
+# Terminal labels are kept this long after their known time: the day-count horizon plus
 # the delay, and a margin for transactions that lag the labels stream.
-TERMINAL_RETENTION_S = (max(TERMINAL_WINDOWS_DAYS) + LABEL_DELAY_DAYS + 14) * DAY
+TERMINAL_RETENTION_S = (HORIZON_DAYS + LABEL_DELAY_DAYS + 21) * DAY
 
 
 def transaction_flags(event_time: float) -> tuple[int, int]:
@@ -46,12 +58,15 @@ def transaction_flags(event_time: float) -> tuple[int, int]:
 def update_card_history(
     history: list[list[float]], event_time: float, amount: float, tx_id: int = -1
 ) -> tuple[list[list[float]], list[float]]:
-    """Add one transaction to a card's history and return its window features.
+    """Add one transaction to a card's history and return its card features.
 
-    ``history`` is the card's ``[event_time, amount, tx_id]`` entries of the last 30 days
-    in arrival order. A transaction already in the history (same ``tx_id``, not -1) is not
-    added again; its features are those it had the first time. Features are
-    ``nb_tx_1day, avg_amount_1day, nb_tx_7day, ...`` as in :data:`CARD_FEATURES`.
+    ``history`` is the card's ``[event_time, amount, tx_id]`` entries of the last
+    :data:`CARD_MEAN_DAYS` days in arrival order. A transaction already in the history
+    (same ``tx_id``, not -1) is not added again; its features are those it had the first
+    time. Features are :data:`CARD_FEATURES`: ``nb_tx_1day, avg_amount_1day, ...,
+    avg_amount_30day, amount_ratio_90day, max_prev_amount_ratio_14day`` (the last two as
+    ``models.extra_features`` defines them: the mean in the ratio is taken over integer
+    cents, so it does not depend on summation order).
     """
     position = -1
     if tx_id >= 0:
@@ -63,8 +78,7 @@ def update_card_history(
         visible = history[: position + 1]
         kept = history
     else:
-        longest = max(CARD_WINDOWS_DAYS) * DAY
-        kept = [entry for entry in history if entry[0] > event_time - longest]
+        kept = [entry for entry in history if entry[0] > event_time - CARD_RETENTION_S]
         kept.append([event_time, amount, tx_id])
         visible = kept
     features: list[float] = []
@@ -72,6 +86,15 @@ def update_card_history(
         start = event_time - window * DAY
         amounts = [entry[1] for entry in visible if entry[0] > start]
         features += [float(len(amounts)), sum(amounts) / len(amounts)]
+    start = event_time - CARD_MEAN_DAYS * DAY
+    in_mean = [entry[1] for entry in visible if entry[0] > start]
+    cents = sum(round(a * 100) for a in in_mean)
+    mean = cents / len(in_mean) / 100
+    safe_mean = mean if mean > 0 else 1.0
+    ratio = amount / safe_mean if mean > 0 else 1.0
+    start = event_time - CARD_RECENT_DAYS * DAY
+    earlier = [entry[1] for entry in visible[:-1] if entry[0] > start]
+    features += [ratio, (max(earlier) if earlier else 0.0) / safe_mean]
     return kept, features
 
 
@@ -104,14 +127,33 @@ def terminal_window_features(
 ) -> list[float]:
     """Terminal features of a transaction at ``t`` from its terminal's label arrays.
 
-    Returns ``nb_tx_1day, risk_1day, nb_tx_7day, ...`` as in :data:`TERMINAL_FEATURES`;
-    risk is 0 when the window holds no labelled transaction.
+    The arrays are in ``(event_time, tx_id)`` order. Returns :data:`TERMINAL_FEATURES`:
+    ``nb_tx_1day, risk_1day, ..., risk_30day`` (risk is 0 when the window holds no
+    labelled transaction), then from the labels known at ``t`` (event time at most
+    ``t - delay`` and arrived by ``t``): the number of frauds at the end of that
+    sequence, the calendar days since the first of them (0 without a run), and the
+    calendar days since the latest genuine one; day counts capped at
+    :data:`HORIZON_DAYS`, which also stands for "none".
     """
     end = t - delay_days * DAY
-    known = known_at <= t
+    known = (known_at <= t) & (event_times <= end)
     features: list[float] = []
     for window in TERMINAL_WINDOWS_DAYS:
-        mask = known & (event_times > end - window * DAY) & (event_times <= end)
+        mask = known & (event_times > end - window * DAY)
         count = int(mask.sum())
         features += [float(count), float(frauds[mask].sum()) / count if count else 0.0]
-    return features
+    today = _day(t)
+    positions = np.flatnonzero(known)
+    genuine = positions[frauds[positions] == 0]
+    last_genuine = int(genuine[-1]) if len(genuine) else -1
+    run_rows = positions[positions > last_genuine]
+    run = len(run_rows)
+    run_days = min(today - _day(float(event_times[run_rows[0]])), HORIZON_DAYS) if run else 0
+    since_genuine = (min(today - _day(float(event_times[last_genuine])), HORIZON_DAYS)
+                     if last_genuine >= 0 else HORIZON_DAYS)
+    return [*features, float(run), float(run_days), float(since_genuine)]
+
+
+def _day(t: float) -> int:
+    """Calendar day (UTC) of a Unix-seconds time, as a day number."""
+    return int(t // DAY)

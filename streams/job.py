@@ -3,7 +3,8 @@
 Starts the local services (those not given by settings), resets and applies the Feast
 repository, simulates card traffic with the handbook's simulator, trains and publishes a
 first model on the batch reference features of the early weeks when the Triton
-repository has none, loads it, starts a labels worker and a scoring worker in strict
+repository has none (:mod:`models.recipe` on the handbook's features and the
+stream-exact extras), loads it, starts a labels worker and a scoring worker in strict
 replay mode, replays every transaction and its delayed label on event time, waits until
 every transaction is scored, and prints a summary: throughput, latency, duplicates,
 training-serving skew (the streamed features against the batch reference), and the
@@ -56,25 +57,33 @@ def published_versions(repo: Path = TRITON_REPO) -> list[int]:
 
 
 def ensure_first_model(repo: Path, reference: pd.DataFrame, size: JobSize, seed: int = 0) -> int:
-    """Publish version 1, trained on the reference features, when no version exists yet."""
+    """Publish version 1, trained on the batch features, when no version exists yet.
+
+    The model is :mod:`models.recipe`'s on :data:`models.extra_features.MODEL_FEATURE_COLUMNS`,
+    trained on ``size.train_days`` and stopped early on ``size.valid_days``. An existing
+    latest version is checked against the model contract (``config.pbtxt``) first.
+    """
+    from models.export import check_onnx
+    from models.triton_config import read_model_config
+
     versions = published_versions(repo)
     if versions:
+        latest = repo / "fraud_detector" / str(versions[-1]) / "model.onnx"
+        try:
+            check_onnx(latest, read_model_config(repo / "fraud_detector" / "config.pbtxt"))
+        except ValueError as exc:
+            raise RuntimeError(f"{exc}; remove that version or publish one that fits") from exc
         return versions[-1]
     from models.export import publish_version
-    from models.reference_features import FEATURE_COLUMNS
-    from models.train import train_mlp
+    from models.recipe import fit_fraud_model
 
     days = reference["TX_TIME_DAYS"].to_numpy()
     train = reference[(days >= size.train_days[0]) & (days < size.train_days[1])]
     valid = reference[(days >= size.valid_days[0]) & (days < size.valid_days[1])]
     log(f"training model v1 on days {size.train_days[0]}-{size.train_days[1] - 1} "
         f"({len(train):,} transactions)")
-    result = train_mlp(
-        train[FEATURE_COLUMNS].to_numpy(np.float32), train["TX_FRAUD"].to_numpy(),
-        X_val=valid[FEATURE_COLUMNS].to_numpy(np.float32), y_val=valid["TX_FRAUD"].to_numpy(),
-        epochs=30, seed=seed,
-    )
-    publish_version(result.model, repo, 1)
+    model = fit_fraud_model(train, valid, seed=seed)
+    publish_version(model, repo, 1)
     return 1
 
 
@@ -153,7 +162,7 @@ def _wait_for_scores(kafka: str, settings: Settings, start: dict[int, int], want
 def summarise(frame: pd.DataFrame, scores: list[Score], feature_log: Path, wall: float,
               size: JobSize) -> Summary:
     from models.evaluation import assess
-    from models.reference_features import FEATURE_COLUMNS
+    from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES
 
     distinct = {s.tx_id: s for s in scores}
     latencies = np.array([s.latency_ms for s in distinct.values()])
@@ -162,9 +171,10 @@ def summarise(frame: pd.DataFrame, scores: list[Score], feature_log: Path, wall:
         decisions[s.decision] = decisions.get(s.decision, 0) + 1
     logged = read_feature_log(feature_log).set_index("tx_id")
     reference = frame.set_index("TRANSACTION_ID").loc[logged.index]
-    names = [c for c in logged.columns if "__" in c or c.startswith("tx_")][:len(FEATURE_COLUMNS)]
+    names = [SERVING_NAMES[c] for c in MODEL_FEATURE_COLUMNS]
     equal = np.isclose(logged[names].to_numpy(np.float64),
-                       reference[FEATURE_COLUMNS].to_numpy(np.float64), atol=1e-6).all(axis=1)
+                       reference[MODEL_FEATURE_COLUMNS].to_numpy(np.float64), rtol=0,
+                       atol=1e-6).all(axis=1)
     days = frame["TX_TIME_DAYS"].to_numpy()
     test = frame[(days >= size.test_days[0]) & (days < size.test_days[1])]
     quality = assess(test, np.array([distinct[t].score for t in test["TRANSACTION_ID"]]))
@@ -195,7 +205,7 @@ def stage_seconds(workers: list[WorkerProcess]) -> dict[str, float]:
 def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings | None = None,
         triton_repo: Path = TRITON_REPO) -> Summary:
     """Run the factory end to end once and return its summary."""
-    from models.reference_features import add_reference_features
+    from models.extra_features import add_model_features
     from models.simulator import simulate
     from streams.producer import ReplayOptions, replay
     from streams.replay import Dataset
@@ -212,7 +222,7 @@ def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings |
         reset_online_store(endpoints.redis)
         log(f"simulating {size.days} days of {size.customers:,} cards and "
             f"{size.terminals:,} terminals")
-        frame = add_reference_features(simulate(
+        frame = add_model_features(simulate(
             n_customers=size.customers, n_terminals=size.terminals, nb_days=size.days))
         version = ensure_first_model(triton_repo, frame, size)
         log(f"loading fraud_detector version {version} into Triton")

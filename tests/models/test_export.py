@@ -48,9 +48,9 @@ def test_config_parser_reads_the_contract() -> None:
     assert (config.name, config.backend) == ("fraud_detector", "python")
     assert config.max_batch_size == 4096
     features, score = config.input, config.output
-    assert (features.name, features.triton_dtype, features.dims) == ("features", "FP32", (15,))
+    assert (features.name, features.triton_dtype, features.dims) == ("features", "FP32", (20,))
     assert (score.name, score.numpy_dtype, score.dims) == ("score", np.float32, (1,))
-    assert config.n_features == 15
+    assert config.n_features == 20
 
 
 def test_parser_handles_comments_nesting_and_lists() -> None:
@@ -85,7 +85,7 @@ def test_export_has_dynamic_batch_and_normalisation(trained: FraudMLP, tmp_path:
     graph = onnx.load(str(export_onnx(trained, tmp_path / "model.onnx"))).graph
     dims = graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and dims[0].dim_value == 0
-    assert [d.dim_value for d in dims[1:]] == [15]
+    assert [d.dim_value for d in dims[1:]] == [20]
     initialisers = {i.name for i in graph.initializer}
     assert {"mean", "std"} <= initialisers
 
@@ -117,7 +117,7 @@ def test_publish_writes_a_version_and_refuses_to_overwrite(trained: FraudMLP, re
     before = (version_dir / "model.onnx").read_bytes()
 
     with pytest.raises(FileExistsError):
-        publish_version(FraudMLP(15, seed=3), repo, 1)
+        publish_version(FraudMLP(20, seed=3), repo, 1)
     assert (version_dir / "model.onnx").read_bytes() == before
     assert sorted(p.name for p in (repo / "fraud_detector").iterdir()) == ["1", "config.pbtxt"]
 

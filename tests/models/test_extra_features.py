@@ -10,6 +10,7 @@ from models.extra_features import (
     EXTRA_FEATURE_COLUMNS,
     HORIZON_DAYS,
     MODEL_FEATURE_COLUMNS,
+    SERVING_NAMES,
     add_extra_features,
     add_model_features,
 )
@@ -81,15 +82,10 @@ def slow_extra_features(df: pd.DataFrame) -> pd.DataFrame:
             run.insert(0, j)
         out["TERMINAL_ID_KNOWN_FRAUD_RUN"].append(float(len(run)))
         out["TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS"].append(days_between(i, run[0]) if run else 0.0)
-        out["TERMINAL_ID_KNOWN_FRAUD_RUN_MIN_RATIO"].append(
-            min(ratio[j] for j in run) if run else 0.0
+        genuine = [j for j in known if not fraud[j]]
+        out["TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE"].append(
+            days_between(i, genuine[-1]) if genuine else float(HORIZON_DAYS)
         )
-        for name, label in (
-            ("TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD", 1),
-            ("TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE", 0),
-        ):
-            matching = [j for j in known if fraud[j] == label]
-            out[name].append(days_between(i, matching[-1]) if matching else float(HORIZON_DAYS))
         terminal_rows.setdefault(terminal[i], []).append(i)
     return pd.DataFrame(out, index=rows.index).loc[df.index]
 
@@ -115,7 +111,7 @@ def test_features_exercise_their_interesting_cases(stretched: pd.DataFrame) -> N
     out = add_extra_features(stretched)
     assert (out["TERMINAL_ID_KNOWN_FRAUD_RUN"] >= 3).any()
     assert (out["TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS"] >= 14).any()
-    assert (out["TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD"] < HORIZON_DAYS).any()
+    assert (out["TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE"] > 14).any()
     assert (out["TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE"] == HORIZON_DAYS).any()
     assert (out["TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS"] == HORIZON_DAYS).any()
     assert (out["CUSTOMER_ID_MAX_PREV_AMOUNT_RATIO_14DAY"] > 3).any()
@@ -160,8 +156,11 @@ def test_labels_younger_than_the_delay_are_never_used(tied: pd.DataFrame) -> Non
         _assert_extra_equal(after.loc[[row]], before.loc[[row]])
 
 
-def test_model_columns_are_handbook_then_extras(tiny: pd.DataFrame) -> None:
-    assert MODEL_FEATURE_COLUMNS == [*FEATURE_COLUMNS, *EXTRA_FEATURE_COLUMNS]
+def test_model_columns_are_the_serving_order(tiny: pd.DataFrame) -> None:
+    assert sorted(MODEL_FEATURE_COLUMNS) == sorted([*FEATURE_COLUMNS, *EXTRA_FEATURE_COLUMNS])
+    card_first = [c for c in MODEL_FEATURE_COLUMNS if c.startswith("CUSTOMER_ID")]
+    assert MODEL_FEATURE_COLUMNS[3 : 3 + len(card_first)] == card_first
+    assert list(SERVING_NAMES) == MODEL_FEATURE_COLUMNS
     out = add_model_features(tiny)
     values = out[MODEL_FEATURE_COLUMNS].to_numpy(dtype=np.float64)
     assert np.isfinite(values).all()

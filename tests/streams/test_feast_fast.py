@@ -47,7 +47,7 @@ def random_values(rng: np.random.Generator, fast: FastOnlineFeatures, view: str,
     negative numbers (both paths truncate them) and numbers up to 2**52."""
     values = rng.normal(0, 1e3, (n, len(fast.views[view])))
     values[rng.random(values.shape) < 0.1] = np.nan
-    values[0, :] = [np.inf, -np.inf, -0.0, 0.0, 1e-300, -1e300][:values.shape[1]]
+    values[0, :] = np.resize([np.inf, -np.inf, -0.0, 0.0, 1e-300, -1e300], values.shape[1])
     for j in int_columns(fast, view):
         column = rng.integers(-2**52, 2**52, n).astype(np.float64)
         small = rng.random(n) < 0.5
@@ -273,7 +273,7 @@ def test_skip_dedup_overwrites_like_feast(live_stack: Any) -> None:
 def test_pushes_survive_a_flushed_script_cache(live_stack: Any) -> None:
     _, fast = paths_with(live_stack.endpoints.redis, skip_dedup=False)
     ids = BASE + 900_000 + np.arange(3)
-    values = np.arange(18, dtype=np.float64).reshape(3, 6)
+    values = np.arange(3 * len(fast.views[CARD_VIEW]), dtype=np.float64).reshape(3, -1)
     fast.redis.script_flush()
     fast.push_card_activity(ids, np.full(3, 1.7e9), values)
     np.testing.assert_array_equal(fast.read(CARD_VIEW, "card_id", ids), values)
@@ -299,7 +299,7 @@ def test_swaps_in_for_online_features(sdk: OnlineFeatures, fast: FastOnlineFeatu
     empty = np.empty(0, dtype=np.int64)
     assert fast.read(CARD_VIEW, "card_id", empty).shape == (0, len(fast.views[CARD_VIEW]))
     assert fast.read_terminal_labels(empty) == {}
-    fast.push_card_activity(empty, np.empty(0), np.empty((0, 6)))
+    fast.push_card_activity(empty, np.empty(0), np.empty((0, len(fast.views[CARD_VIEW]))))
 
 
 def fake_store(**config: Any) -> Any:

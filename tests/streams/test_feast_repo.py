@@ -26,5 +26,5 @@ def test_feast_cli_applies_the_repository(live_stack) -> None:  # noqa: ANN001
     assert {v.name for v in store.list_feature_views()} == {"card_activity", "terminal_risk"}
     assert {e.name for e in store.list_entities()} >= {"card", "terminal"}
     order = model_feature_order(store)
-    assert len(order) == 15 and order[:3] == ["tx_amount", "tx_during_weekend",
+    assert len(order) == 20 and order[:3] == ["tx_amount", "tx_during_weekend",
                                               "tx_during_night"]

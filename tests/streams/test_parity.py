@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from models.reference_features import FEATURE_COLUMNS, add_reference_features
+from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES, add_model_features
 from models.simulator import simulate
 from streams.clients import Received, consume, topic_end_offsets
 from streams.feast_client import OnlineFeatures, model_feature_order, open_store
@@ -32,8 +32,8 @@ DAYS = 30
 
 @pytest.fixture(scope="module")
 def simulated() -> pd.DataFrame:
-    """30 simulated days of 400 cards and 800 terminals, with their reference features."""
-    return add_reference_features(simulate(n_customers=400, n_terminals=800, nb_days=DAYS))
+    """30 simulated days of 400 cards and 800 terminals, with every model feature."""
+    return add_model_features(simulate(n_customers=400, n_terminals=800, nb_days=DAYS))
 
 
 def shifted(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
@@ -95,9 +95,9 @@ def assert_parity(frame: pd.DataFrame, log_dir: Path) -> pd.DataFrame:
     assert np.array_equal(logged["tx_id"].to_numpy(), reference["TRANSACTION_ID"].to_numpy())
     names = [c for c in logged.columns if c not in
              ("tx_id", "event_time", "card_id", "terminal_id", "score", "model_version")]
-    assert len(names) == len(FEATURE_COLUMNS) == 15
+    assert names == [SERVING_NAMES[c] for c in MODEL_FEATURE_COLUMNS]
     got = logged[names].to_numpy(np.float64)
-    want = reference[FEATURE_COLUMNS].to_numpy(np.float64)
+    want = reference[MODEL_FEATURE_COLUMNS].to_numpy(np.float64)
     bad = ~np.isclose(got, want, rtol=0, atol=1e-6).all(axis=1)
     assert not bad.any(), (
         f"{bad.sum()} of {len(bad)} rows differ; first: tx {logged['tx_id'][bad].iloc[0]}, "

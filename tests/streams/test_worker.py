@@ -81,7 +81,7 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
         times = np.sort(rng.uniform(txs[0].event_time - 40 * DAY, txs[-1].event_time, 60))
         labels[terminal] = (times.tolist(), (times + 7 * DAY).tolist(),
                             rng.integers(0, 2, 60).tolist())
-    values = np.ones((len(terminals), 6))
+    values = np.ones((len(terminals), len(online.views[TERMINAL_VIEW])))
     online.push_terminal_risk(np.array(terminals), np.full(len(terminals), 1.5e9), values,
                               [labels[t] for t in terminals])
     assert np.allclose(online.read(TERMINAL_VIEW, "terminal_id", np.array(terminals)), values)
@@ -116,7 +116,7 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     # The card features the stream pushed to Feast are each card's last values.
     last = {}
     for tx in txs:
-        last[tx.card_id] = vectors[tx.tx_id][3:9]
+        last[tx.card_id] = vectors[tx.tx_id][3:3 + len(online.views["card_activity"])]
     cards = np.array(sorted(last))
     assert np.allclose(online.read("card_activity", "card_id", cards),
                        np.stack([last[c] for c in cards]))
