@@ -6,16 +6,22 @@
     factory run [--days N]       the main job, end to end on simulated traffic
     factory worker [...]         run one stream worker in the foreground
     factory replay [...]         replay a dataset into transactions and labels
+    factory model ...            train, list, show and promote model versions
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infra.local.base import PrerequisiteError, ServiceError
 from infra.local.manager import SERVICE_ORDER, Stack
-from streams.settings import Settings
+from streams.settings import REPO_ROOT, Settings
+
+if TYPE_CHECKING:
+    from models.registry import Registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         from streams.producer import main as replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["model"]:
+        return model_main(argv[1:])
     parser = argparse.ArgumentParser(prog="factory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
     commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
     commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
+    commands.add_parser("model", help="the model registry (see factory model --help)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -65,6 +74,130 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<11} {state}")
     except (PrerequisiteError, ServiceError) as exc:
         print(f"factory: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _model_parser() -> argparse.ArgumentParser:
+    from models.registry import TRIGGERS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--repo", type=Path, default=REPO_ROOT / "triton_repo",
+                        help="the Triton model repository (default: triton_repo/)")
+    parser = argparse.ArgumentParser(prog="factory model",
+                                     description="Train, list, show and promote model versions.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    train = actions.add_parser("train", parents=[common],
+                               help="train, publish and register a new version")
+    train.add_argument("--source", choices=("simulator", "feature-log"), default="simulator")
+    train.add_argument("--feature-log", type=Path, help="feature log folder (--source feature-log)")
+    train.add_argument("--labels", type=Path,
+                       help="label records tx_id, is_fraud, known_at (parquet or CSV)")
+    train.add_argument("--customers", type=int, default=300)
+    train.add_argument("--terminals", type=int, default=600)
+    train.add_argument("--days", type=int, default=60)
+    train.add_argument("--end", help="end of the validation window, exclusive (a date; "
+                                     "default: the day after the last labelled transaction)")
+    train.add_argument("--valid-days", type=int, default=7)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--trigger", choices=TRIGGERS, default="manual")
+    train.add_argument("--parent", type=int, help="the version it replaces (default: champion)")
+    train.add_argument("--warm-start", action="store_true", help="start from the parent's weights")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads (the net is small: one is fastest on a busy host)")
+    train.add_argument("--promote", action="store_true", help="make it the champion at once")
+    actions.add_parser("list", parents=[common], help="a table of every version")
+    show = actions.add_parser("show", parents=[common], help="one version and its lineage")
+    show.add_argument("version", type=int)
+    promote = actions.add_parser("promote", parents=[common], help="make a version the champion")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--reason", default="promoted by hand")
+    return parser
+
+
+def _train_model(args: argparse.Namespace, registry: Registry) -> None:
+    import torch
+
+    from models.trainer import frame_from_feature_log, frame_from_simulator, train_version
+
+    torch.set_num_threads(args.threads)
+    if args.source == "feature-log":
+        if args.feature_log is None or args.labels is None:
+            raise ValueError("--source feature-log needs --feature-log PATH and --labels PATH")
+        frame = frame_from_feature_log(args.feature_log, args.labels)
+    else:
+        print(f"simulating {args.days} days of {args.customers:,} cards and "
+              f"{args.terminals:,} terminals", flush=True)
+        frame = frame_from_simulator(args.customers, args.terminals, args.days, args.seed)
+    parent = args.parent if args.parent is not None else registry.champion()
+    entry = train_version(frame, registry=registry, repo_dir=args.repo, parent=parent,
+                          trigger=args.trigger, valid_days=args.valid_days, seed=args.seed,
+                          device=args.device, end=args.end, warm_start=args.warm_start)
+    m, window = entry.metrics, entry.metrics["window"]
+    rows = entry.window.rows if entry.window else 0
+    print(f"version {entry.version} (parent {entry.parent}): AUC ROC {m['auc_roc']:.3f}, "
+          f"AP {m['average_precision']:.3f}, CP@100 {m['card_precision_at_k']:.3f} on "
+          f"{window['start'][:10]}..{window['end'][:10]}; trained in {entry.train_seconds:.1f} s "
+          f"on {rows:,} rows; {args.repo / 'fraud_detector' / str(entry.version)}")
+    if args.promote:
+        registry.set_champion(entry.version, "trained with --promote")
+        print(f"version {entry.version} is the champion")
+
+
+def _list_models(registry: Registry) -> None:
+    head = ("version", "status", "parent", "trigger", "window", "AP", "CP@100", "created")
+    rows = [head]
+    for entry in registry.list():
+        window = (f"{entry.window.start[:10]}..{entry.window.end[:10]}"
+                  if entry.window else "-")
+        metric = entry.metrics.get
+        rows.append((
+            str(entry.version), entry.status, "-" if entry.parent is None else str(entry.parent),
+            entry.trigger, window,
+            f"{metric('average_precision'):.3f}" if "average_precision" in entry.metrics else "-",
+            f"{metric('card_precision_at_k'):.3f}" if "card_precision_at_k" in entry.metrics
+            else "-",
+            entry.created_at,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip())
+
+
+def model_main(argv: list[str]) -> int:
+    """``factory model train|list|show|promote``; heavy modules load only for train."""
+    import json
+
+    from models.registry import Registry, published_dirs
+
+    args = _model_parser().parse_args(argv)
+    registry = Registry(Settings.from_env().model_registry_dir, repo_dir=args.repo)
+    try:
+        # Versions published outside the registry get an entry (unknown lineage).
+        for version in registry.sync():
+            print(f"recorded version {version} found in {args.repo} (unknown lineage)",
+                  file=sys.stderr)
+        if args.action == "train":
+            _train_model(args, registry)
+        elif args.action == "list":
+            _list_models(registry)
+            published = set(published_dirs(args.repo))
+            for version in registry.versions():
+                if version not in published:
+                    print(f"version {version} has no directory in {args.repo}",
+                          file=sys.stderr)
+        elif args.action == "show":
+            print(json.dumps(registry.get(args.version).to_dict(), indent=2))
+            chain = [str(entry.version) for entry in registry.lineage(args.version)]
+            print(f"lineage: {' <- '.join(chain)}")
+        else:
+            previous = registry.champion()
+            registry.set_champion(args.version, args.reason)
+            print(f"version {args.version} is the champion (was {previous})")
+    except (KeyError, ValueError, OSError) as exc:
+        print(f"factory model: {exc}", file=sys.stderr)
         return 2
     return 0
 

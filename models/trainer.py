@@ -1,0 +1,325 @@
+"""Train, publish and register one model version.
+
+:func:`train_version` is the one way a version comes to be: it cuts the training and
+validation windows from a labelled frame, fits :func:`models.recipe.fit_fraud_model`,
+publishes the ONNX export as the next Triton version and records it in the
+:class:`~models.registry.Registry` as a candidate, with its lineage, recipe and its
+quality on the validation window. The frame comes from the simulator
+(:func:`frame_from_simulator`) or from the stream's offline feature log with the labels
+known so far (:func:`frame_from_feature_log`).
+
+The torch weights are kept beside the registry entries (``<registry>/weights/<n>.pt``)
+so that a later version can warm-start from its parent.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.evaluation import assess
+from models.export import publish_version
+from models.extra_features import add_model_features
+from models.recipe import DEFAULT_RECIPE, BinnedMLP, FraudEnsemble, Recipe, fit_fraud_model, predict
+from models.reference_features import TARGET_COLUMN
+from models.registry import ModelVersion, Registry, Trigger, Window
+from models.train import Device
+from models.triton_config import MODEL_NAME, ConfigError, read_model_config
+
+FRAME_COLUMNS = ("TX_DATETIME", "TX_TIME_DAYS", "CUSTOMER_ID", TARGET_COLUMN)
+"""Columns :func:`train_version` needs besides the recipe's features."""
+
+# Feature-log columns are named as the feature service names them, ``<view>__<field>``
+# (``streams.feast_client.model_feature_order``); the batch columns prefix the entity.
+_VIEW_PREFIXES = {"card_activity": "CUSTOMER_ID_", "terminal_risk": "TERMINAL_ID_"}
+
+
+def _day(value: str | pd.Timestamp) -> pd.Timestamp:
+    """A naive UTC timestamp (the frames' TX_DATETIME convention)."""
+    stamp = pd.Timestamp(value)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo else stamp
+
+
+def _window(rows: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> Window:
+    return Window(start=start.isoformat(), end=end.isoformat(), rows=len(rows),
+                  frauds=int(rows[TARGET_COLUMN].sum()))
+
+
+def split_windows(
+    frame: pd.DataFrame,
+    *,
+    valid_days: int = 7,
+    recipe: Recipe = DEFAULT_RECIPE,
+    end: str | pd.Timestamp | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, Window, Window]:
+    """Training and validation rows of ``frame`` before ``end``.
+
+    Validation is ``[end - valid_days, end)``; training is the ``recipe.train_weeks``
+    weeks before it. ``end`` defaults to the midnight after the last transaction.
+
+    Returns
+    -------
+    tuple
+        ``(train, valid, train_window, valid_window)``.
+    """
+    missing = [c for c in (*FRAME_COLUMNS, *recipe.features) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the training frame lacks the columns {missing}")
+    times = pd.DatetimeIndex(frame["TX_DATETIME"])
+    if times.tz is not None:
+        times = times.tz_convert("UTC").tz_localize(None)
+    stop = _day(end) if end is not None else times.max().normalize() + pd.Timedelta(days=1)
+    valid_start = stop - pd.Timedelta(days=valid_days)
+    train_start = valid_start - pd.Timedelta(weeks=recipe.train_weeks)
+    in_train = (times >= train_start) & (times < valid_start)
+    in_valid = (times >= valid_start) & (times < stop)
+    train, valid = frame[in_train], frame[in_valid]
+    train_window = _window(train, train_start, valid_start)
+    valid_window = _window(valid, valid_start, stop)
+    for name, window in (("training", train_window), ("validation", valid_window)):
+        if not 0 < window.frauds < window.rows:
+            raise ValueError(
+                f"the {name} window {window.start} .. {window.end} has {window.rows} rows and "
+                f"{window.frauds} frauds; it needs both frauds and genuine transactions"
+            )
+    return train, valid, train_window, valid_window
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as JSON stores it (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(recipe).items()}
+
+
+def weights_path(registry: Registry, version: int) -> Path:
+    """Where the torch weights of a version are kept."""
+    return registry.root / "weights" / f"{version}.pt"
+
+
+def save_weights(model: FraudEnsemble, path: Path, recipe: Recipe) -> None:
+    """Keep a model's state and the recipe that shapes it (for warm starts)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "recipe": recipe_dict(recipe),
+                "n_features": len(recipe.features)}, partial)
+    partial.replace(path)
+
+
+def load_weights(path: Path) -> tuple[FraudEnsemble, Recipe]:
+    """The model saved by :func:`save_weights` and its recipe."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in saved["recipe"].items()}
+    recipe = Recipe(**values)
+    members = [BinnedMLP(saved["n_features"], recipe.hidden, recipe.dropout, recipe.n_bins)
+               for _ in range(recipe.n_members)]
+    model = FraudEnsemble(members)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), recipe
+
+
+def _check_contract(repo_dir: Path, recipe: Recipe) -> None:
+    """Fail before training when the Triton config does not take the recipe's rows."""
+    config_path = repo_dir / MODEL_NAME / "config.pbtxt"
+    dims = read_model_config(config_path).input.dims
+    if dims != (len(recipe.features),):
+        raise ConfigError(
+            f"{config_path} takes rows of {list(dims)} features but the recipe has "
+            f"{len(recipe.features)}: {list(recipe.features)}"
+        )
+
+
+def train_version(
+    frame: pd.DataFrame,
+    *,
+    registry: Registry,
+    repo_dir: Path | str,
+    trigger: Trigger,
+    parent: int | None = None,
+    valid_days: int = 7,
+    recipe: Recipe = DEFAULT_RECIPE,
+    seed: int = 0,
+    device: Device = "auto",
+    end: str | pd.Timestamp | None = None,
+    warm_start: bool = False,
+) -> ModelVersion:
+    """Train a model on ``frame``, publish it as the next version and register it.
+
+    Parameters
+    ----------
+    frame
+        Labelled transactions with ``recipe.features`` and :data:`FRAME_COLUMNS`.
+    registry
+        Where the version is recorded (status ``candidate``).
+    repo_dir
+        The Triton model repository the version is published to.
+    trigger
+        Why this version is trained.
+    parent
+        The version it is meant to replace; must be recorded.
+    valid_days, recipe, end
+        The windows, as :func:`split_windows` cuts them.
+    seed, device
+        As for :func:`models.recipe.fit_fraud_model`.
+    warm_start
+        Start from the parent's weights (its recipe must shape the same network).
+
+    Returns
+    -------
+    ModelVersion
+        The recorded entry; metrics are on the validation window (which also chose
+        the early-stopping epoch, so they flatter the model a little).
+    """
+    repo_dir = Path(repo_dir)
+    _check_contract(repo_dir, recipe)
+    init = None
+    if parent is not None:
+        registry.get(parent)  # an unknown parent fails here, before training
+    if warm_start:
+        if parent is None:
+            raise ValueError("warm_start needs a parent version")
+        path = weights_path(registry, parent)
+        if not path.exists():
+            raise FileNotFoundError(f"no weights of version {parent} at {path}; "
+                                    "train from scratch instead")
+        init, parent_recipe = load_weights(path)
+        shape = ("features", "hidden", "n_bins", "n_members")
+        differ = [k for k in shape if getattr(parent_recipe, k) != getattr(recipe, k)]
+        if differ:
+            raise ValueError(f"cannot warm-start from version {parent}: its recipe differs "
+                             f"in {differ}")
+    train, valid, train_window, valid_window = split_windows(
+        frame, valid_days=valid_days, recipe=recipe, end=end
+    )
+    started = time.perf_counter()
+    model = fit_fraud_model(train, valid, seed=seed, device=device, init=init, recipe=recipe)
+    seconds = time.perf_counter() - started
+    quality = assess(valid, predict(model, valid, recipe))
+    metrics = {k: round(v, 6) for k, v in quality.as_dict().items()}
+    version = registry.reserve(repo_dir)
+    try:
+        publish_version(model, repo_dir, version)
+        save_weights(model, weights_path(registry, version), recipe)
+        entry = ModelVersion(
+            version=version, parent=parent, trigger=trigger, window=train_window,
+            recipe=recipe_dict(recipe),
+            metrics={**metrics, "k": 100, "window": asdict(valid_window)},
+            warm_start=warm_start, train_seconds=round(seconds, 3),
+            features=list(recipe.features),
+        )
+        return registry.record(entry)
+    except BaseException:
+        registry.release(version)
+        raise
+
+
+def frame_from_simulator(
+    customers: int = 300, terminals: int = 600, days: int = 60, seed: int = 0
+) -> pd.DataFrame:
+    """Simulated labelled transactions with every model feature.
+
+    ``seed`` seeds the customer profiles and ``seed + 1`` the terminals (the
+    handbook's 0 and 1 for ``seed=0``).
+    """
+    from models.simulator import simulate
+
+    raw = simulate(n_customers=customers, n_terminals=terminals, nb_days=days,
+                   seed_customers=seed, seed_terminals=seed + 1)
+    return add_model_features(raw)
+
+
+def log_feature_names(columns: list[str], features: tuple[str, ...]) -> dict[str, str]:
+    """Map feature-log column names to the model's feature names.
+
+    ``tx_amount`` is ``TX_AMOUNT``; ``card_activity__nb_tx_1day`` is
+    ``CUSTOMER_ID_NB_TX_1DAY_WINDOW`` and ``terminal_risk__known_fraud_run`` is
+    ``TERMINAL_ID_KNOWN_FRAUD_RUN``; a column already named as a feature is kept.
+    """
+    wanted = set(features)
+    mapping: dict[str, str] = {}
+    for column in columns:
+        view, sep, name = column.partition("__")
+        if sep and view in _VIEW_PREFIXES:
+            base = _VIEW_PREFIXES[view] + name.upper()
+            candidates = [base, f"{base}_WINDOW"]
+        else:
+            candidates = [column, column.upper()]
+        for candidate in candidates:
+            if candidate in wanted:
+                mapping[column] = candidate
+                break
+    return mapping
+
+
+def read_labels(path: Path | str) -> pd.DataFrame:
+    """Label records (``tx_id``, ``is_fraud``, ``known_at``) from parquet or CSV."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
+def frame_from_feature_log(
+    path: Path | str,
+    labels: pd.DataFrame | Path | str,
+    *,
+    as_of: float | None = None,
+    recipe: Recipe = DEFAULT_RECIPE,
+) -> pd.DataFrame:
+    """The stream's served features of the transactions whose labels are known.
+
+    Parameters
+    ----------
+    path
+        The feature log folder (``<run>/feature_log``).
+    labels
+        Label records (``tx_id``, ``is_fraud``, ``known_at``), or a parquet/CSV file of
+        them.
+    as_of
+        Event time (Unix seconds) at which labels count as known; defaults to the
+        latest logged event time, the stream's "now".
+    recipe
+        Whose features the frame must hold.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row a labelled transaction, with ``recipe.features`` and
+        :data:`FRAME_COLUMNS` (and TRANSACTION_ID, TERMINAL_ID), ready for
+        :func:`train_version`.
+
+    Raises
+    ------
+    ValueError
+        When the log is empty or lacks some of the recipe's features.
+    """
+    from streams.feature_log import read_feature_log, with_matured_labels
+
+    log = read_feature_log(Path(path))
+    if log.empty:
+        raise ValueError(f"no feature log parts under {path}")
+    mapping = log_feature_names(list(log.columns), recipe.features)
+    missing = [f for f in recipe.features if f not in mapping.values()]
+    if missing:
+        raise ValueError(
+            f"the feature log at {path} lacks the recipe's features {missing}; "
+            f"it holds {[c for c in log.columns if c not in ('score', 'model_version')]}"
+        )
+    if not isinstance(labels, pd.DataFrame):
+        labels = read_labels(labels)
+    cut = float(log["event_time"].max()) if as_of is None else float(as_of)
+    joined = with_matured_labels(log, labels, cut)
+    event_time = joined["event_time"].to_numpy(dtype=np.float64)
+    frame = joined.rename(columns=mapping)[list(recipe.features)].copy()
+    frame["TRANSACTION_ID"] = joined["tx_id"].to_numpy()
+    frame["TX_DATETIME"] = pd.to_datetime(event_time, unit="s")
+    frame["TX_TIME_DAYS"] = (event_time // 86400).astype(np.int64)
+    frame["CUSTOMER_ID"] = joined["card_id"].to_numpy()
+    frame["TERMINAL_ID"] = joined["terminal_id"].to_numpy()
+    frame[TARGET_COLUMN] = joined["is_fraud"].to_numpy(dtype=np.int64)
+    return frame.sort_values("TX_DATETIME", kind="stable").reset_index(drop=True)
