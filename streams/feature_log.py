@@ -2,7 +2,9 @@
 
 One parquet file a micro-batch and event date, under
 ``<root>/event_date=YYYY-MM-DD/``, with the transaction's ids and times, each feature in
-the model's order, the score and the model version. Files are written to a temporary
+the model's order, the score and the model version, and the shadow version's score while
+a challenger shadows the serving model (``shadow_version`` 0 and ``shadow_score`` NaN
+otherwise). Files are written to a temporary
 name and renamed, so a reader never sees half a file; delivery is at least once, so a
 reader drops repeated ``tx_id`` (they carry identical features).
 """
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ID_COLUMNS = ("tx_id", "event_time", "card_id", "terminal_id")
+OUTPUT_COLUMNS = ("score", "model_version", "shadow_score", "shadow_version")
 
 
 class FeatureLog:
@@ -31,8 +34,11 @@ class FeatureLog:
         self.sequence = 0
 
     def write(self, ids: dict[str, np.ndarray], features: np.ndarray, scores: np.ndarray,
-              model_version: int) -> int:
+              model_version: int, shadow_scores: np.ndarray | None = None,
+              shadow_version: int = 0) -> int:
         """Write one micro-batch; returns the number of files written."""
+        if shadow_scores is None:
+            shadow_scores = np.full(len(scores), np.nan)
         days = (ids["event_time"] // 86400).astype(np.int64)
         written = 0
         for day in np.unique(days):
@@ -42,6 +48,8 @@ class FeatureLog:
                 columns[name] = features[rows, j].astype(np.float64)
             columns["score"] = scores[rows].astype(np.float64)
             columns["model_version"] = np.full(int(rows.sum()), model_version, np.int64)
+            columns["shadow_score"] = shadow_scores[rows].astype(np.float64)
+            columns["shadow_version"] = np.full(int(rows.sum()), shadow_version, np.int64)
             date = np.datetime64(int(day), "D").astype(str)
             folder = self.root / f"event_date={date}"
             folder.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from streams.clients import Received, consume, topic_end_offsets
 from streams.feast_client import apply_repo, open_store
 from streams.feature_log import read_feature_log
 from streams.records import Score
+from streams.router import ModelRouter
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import SCORES
 from streams.worker import WorkerProcess
@@ -227,6 +228,10 @@ def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings |
         version = ensure_first_model(triton_repo, frame, size)
         log(f"loading fraud_detector version {version} into Triton")
         load_model(endpoints.triton, [version], repo=triton_repo)
+        router = ModelRouter(endpoints.redis)
+        router.reset()
+        router.promote(version)
+        router.close()
 
         run_id = uuid.uuid4().hex[:8]
         run_dir = settings.state_dir / "runs" / run_id

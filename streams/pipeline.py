@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from streams.feature_log import FeatureLog
 from streams.features import terminal_window_features, transaction_flags, update_card_history
 from streams.metrics import WorkerMetrics
 from streams.records import Score, Transaction, ValidationError
+from streams.router import ModelRouter
 from streams.scoring import TritonScorer
 from streams.topics import SCORES
 from streams.watermark import LabelWatermark
@@ -38,7 +40,10 @@ class ScoringPipeline:
         self.scorer: TritonScorer | None = None
         self.watermark: LabelWatermark | None = None
         self.feature_log: FeatureLog | None = None
+        self.router: ModelRouter | None = None
+        self.worker_id = f"{config.app_id}:{os.uname().nodename}:{os.getpid()}"
         self.version = 0
+        self.shadow = 0
         self._version_checked = 0.0
 
     async def start(self) -> None:
@@ -55,12 +60,27 @@ class ScoringPipeline:
         self.watermark = LabelWatermark(self.config.redis_url, self.config.watermark_group,
                                         self.config.settings.partitions)
         self.feature_log = FeatureLog(self.config.log_dir, self.features.order)
+        self.router = ModelRouter(self.config.redis_url)
         await self.refresh_version(force=True)
         self.started.set()
 
     async def refresh_version(self, force: bool = False) -> None:
-        """Route to the newest READY version; checked every ``version_refresh_s``."""
-        assert self.scorer is not None
+        """Follow the router (read once a batch); without a route, the newest READY version.
+
+        The route read here holds for the whole batch, and is acknowledged only once the
+        batch before it is done, so a retrainer that sees every worker at a generation
+        knows no batch is still on its way to an older version.
+        """
+        assert self.scorer is not None and self.router is not None
+        route = await asyncio.to_thread(self.router.route)
+        if route is not None:
+            if (route.serving, route.shadow) != (self.version, self.shadow):
+                log.info("routing to model version %d (shadow %d, generation %d)",
+                         route.serving, route.shadow, route.generation)
+                self.version, self.shadow = route.serving, route.shadow
+                self.metrics.model_version.set(self.version)
+            await asyncio.to_thread(self.router.acknowledge, self.worker_id, route.generation)
+            return
         now = time.monotonic()
         if not force and now - self._version_checked < self.config.version_refresh_s:
             return
@@ -74,6 +94,7 @@ class ScoringPipeline:
         if versions[-1] != self.version:
             log.info("routing to model version %d", versions[-1])
             self.version = versions[-1]
+            self.shadow = 0
             self.metrics.model_version.set(self.version)
 
     async def process(self, stream: faust.Stream, events: list[faust.types.EventT],
@@ -116,6 +137,15 @@ class ScoringPipeline:
         self.metrics.stage("flush", clock)
 
 
+    async def _shadow_scores(self, features: np.ndarray, shadow: int) -> np.ndarray:
+        """The shadow's scores, or NaN when it fails: a shadow never holds up the batch."""
+        assert self.scorer is not None
+        try:
+            return await self.scorer.score(features, shadow, attempts=2)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("shadow version %d failed (%s); its scores are left out", shadow, exc)
+            return np.full(len(features), np.nan)
+
     async def _wait_for_labels(self, latest_event_time: float) -> None:
         """Strict mode: wait until every label known by the batch's last event is applied."""
         assert self.watermark is not None
@@ -157,12 +187,19 @@ class ScoringPipeline:
         features = np.hstack([rows, terminal])
         clock = self.metrics.stage("terminal_features", clock)
         await self.refresh_version()
-        version = self.version
+        version, shadow = self.version, self.shadow
         started = time.perf_counter()
-        scores = await self.scorer.score(features, version)
+        if shadow:
+            # The shadow scores the same batch beside the serving version; they are
+            # logged, never used for decisions.
+            scores, shadow_scores = await asyncio.gather(
+                self.scorer.score(features, version), self._shadow_scores(features, shadow))
+        else:
+            scores, shadow_scores = await self.scorer.score(features, version), None
         self.metrics.scoring_latency.observe(time.perf_counter() - started)
         clock = self.metrics.stage("triton", clock)
-        logged = asyncio.to_thread(self.feature_log.write, ids, features, scores, version)
+        logged = asyncio.to_thread(self.feature_log.write, ids, features, scores, version,
+                                   shadow_scores, shadow)
         now = time.time()
         policy = self.config.policy
         for (tx, event), score in zip(accepted, scores.tolist(), strict=True):

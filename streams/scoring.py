@@ -78,8 +78,13 @@ class TritonScorer:
             if m.get("name") == self.model and m.get("state") == "READY" and "version" in m
         )
 
-    async def score(self, features: np.ndarray, version: int) -> np.ndarray:
-        """Scores of a ``[n, n_features]`` batch from ``version``; retries until it succeeds."""
+    async def score(self, features: np.ndarray, version: int,
+                    attempts: int | None = None) -> np.ndarray:
+        """Scores of a ``[n, n_features]`` batch from ``version``.
+
+        Retries with backoff until it succeeds, or raises the last error after
+        ``attempts`` failures when that is given.
+        """
         if features.ndim != 2 or features.shape[1] != self.n_features:
             raise ValueError(
                 f"features must be [n, {self.n_features}], got {list(features.shape)}"
@@ -98,6 +103,10 @@ class TritonScorer:
             except Exception as exc:  # noqa: BLE001 - every failure is retried
                 if self.on_error is not None:
                     self.on_error(exc)
+                if attempts is not None:
+                    attempts -= 1
+                    if attempts <= 0:
+                        raise
                 log.warning("Triton call failed (%s); retrying in %.2f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)

@@ -1,0 +1,55 @@
+"""The model route in Redis: generations, shadows, and when a swap has drained."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from streams.router import ModelRouter
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def router(live_stack) -> Iterator[ModelRouter]:  # noqa: ANN001
+    # A model name of its own: other tests' workers follow the real model's route.
+    router = ModelRouter(live_stack.endpoints.redis, model=f"router-test-{uuid.uuid4().hex[:8]}",
+                         ack_ttl_s=0.5)
+    yield router
+    router.reset()
+    router.close()
+
+
+def test_every_change_moves_the_generation_forward(router: ModelRouter) -> None:
+    assert router.route() is None
+    with pytest.raises(RuntimeError, match="no serving version"):
+        router.set_shadow(2)
+    first = router.promote(1)
+    shadowed = router.set_shadow(2)
+    promoted = router.promote(2)
+    assert (first.serving, first.shadow) == (1, 0)
+    assert (shadowed.serving, shadowed.shadow) == (1, 2)
+    assert (promoted.serving, promoted.shadow) == (2, 0)
+    assert [first.generation, shadowed.generation, promoted.generation] == [
+        first.generation, first.generation + 1, first.generation + 2]
+    assert router.route() == promoted
+
+
+def test_drained_waits_for_every_live_worker_and_forgets_silent_ones(
+    router: ModelRouter,
+) -> None:
+    route = router.promote(3)
+    assert router.drained(route.generation), "no worker: nothing in flight"
+    router.acknowledge("a", route.generation - 1)
+    router.acknowledge("b", route.generation)
+    assert not router.drained(route.generation)
+    router.acknowledge("a", route.generation)
+    assert router.drained(route.generation)
+    router.acknowledge("a", route.generation - 1)
+    assert not router.drained(route.generation)
+    time.sleep(0.6)  # "a" went silent past the TTL: it stopped, with its batches
+    router.acknowledge("b", route.generation)
+    assert router.drained(route.generation)
