@@ -27,7 +27,7 @@ import faust
 from streams.labels import LabelPipeline
 from streams.metrics import WorkerMetrics
 from streams.pipeline import ScoringPipeline
-from streams.scoring import DecisionPolicy
+from streams.scoring import DecisionPolicy, ReviewBudget
 from streams.settings import Settings
 from streams.topics import LABELS, TRANSACTIONS
 
@@ -51,7 +51,9 @@ class WorkerConfig:
     labels_group: str | None = None
     batch_max: int = 1024
     batch_wait_s: float = 0.05
-    policy: DecisionPolicy = field(default_factory=DecisionPolicy)
+    policy: DecisionPolicy | ReviewBudget = field(default_factory=DecisionPolicy)
+    request_rows: int = 1024
+    in_flight: int = 4
     version_refresh_s: float = 2.0
     offset_reset: str = "earliest"
     feature_log_dir: Path | None = None

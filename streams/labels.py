@@ -43,6 +43,7 @@ class LabelPipeline:
                       table: faust.Table) -> None:
         assert self.features is not None and self.watermark is not None
         self.metrics.labels_in.inc(len(events))
+        self.metrics.observe_lag(stream, events)
         clock = time.perf_counter()
         touched: dict[str, list[list[float]]] = {}
         latest: dict[str, float] = {}

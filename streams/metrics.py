@@ -56,9 +56,37 @@ class WorkerMetrics:
             "factory_worker_ready", "1 once the worker can score (Feast, Triton, model)",
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "factory_consumer_lag", "Events behind the end of an input partition, after "
+            "the latest micro-batch", ["topic", "partition"], registry=r,
+        )
+        self.decisions = Counter(
+            "factory_decisions", "Decisions made on scored transactions", ["decision"],
+            registry=r,
+        )
+        self.shadow_scored = Counter(
+            "factory_shadow_scored", "Transactions also scored by a shadow version",
+            registry=r,
+        )
         self.model_version = Gauge(
             "factory_model_version", "Model version serving", registry=r
         )
+
+    def observe_lag(self, stream, events) -> None:  # noqa: ANN001 - faust types
+        """Set ``factory_consumer_lag`` for the partitions of a batch from the consumer's
+        high-water marks (best effort: a consumer that cannot tell is skipped)."""
+        last: dict = {}
+        for event in events:
+            tp = event.message.tp
+            last[tp] = max(last.get(tp, -1), event.message.offset)
+        for tp, offset in last.items():
+            try:
+                highwater = stream.app.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001, S112
+                continue
+            if highwater is not None:
+                self.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, int(highwater) - offset - 1))
 
     def stage(self, name: str, since: float) -> float:
         """Count the seconds since ``since`` towards stage ``name``; returns now."""

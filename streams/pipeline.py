@@ -50,7 +50,9 @@ class ScoringPipeline:
         store = await asyncio.to_thread(open_store, self.config.redis_url)
         self.features = online_features(store, self.config.feast_path)
         self.scorer = TritonScorer(self.config.triton_url,
-                                   on_error=lambda exc: self.metrics.triton_errors.inc())
+                                   on_error=lambda exc: self.metrics.triton_errors.inc(),
+                                   request_rows=self.config.request_rows,
+                                   in_flight=self.config.in_flight)
         await self.scorer.connect()
         if self.scorer.n_features != len(self.features.order):
             raise RuntimeError(
@@ -101,6 +103,7 @@ class ScoringPipeline:
                       card_history: faust.Table) -> None:
         """Validate, featurise, score and emit one micro-batch, then flush the outputs."""
         self.metrics.events_in.inc(len(events))
+        self.metrics.observe_lag(stream, events)
         self.metrics.batch_size.observe(len(events))
         clock = time.perf_counter()
         accepted: list[tuple[Transaction, faust.types.EventT]] = []
@@ -202,13 +205,20 @@ class ScoringPipeline:
                                    shadow_scores, shadow)
         now = time.time()
         policy = self.config.policy
+        decisions: dict[str, int] = {}
         for (tx, event), score in zip(accepted, scores.tolist(), strict=True):
             appended = event.message.timestamp
             latency = max(0.0, now - appended) if appended else 0.0
-            record = Score(tx.tx_id, tx.card_id, tx.event_time, float(score),
-                           policy.decide(score), version, round(latency * 1000, 3))
+            decision = policy.decide(score, tx.event_time)
+            decisions[decision] = decisions.get(decision, 0) + 1
+            record = Score(tx.tx_id, tx.card_id, tx.event_time, float(score), decision,
+                           version, round(latency * 1000, 3))
             self.emitter.produce(SCORES, record.to_json(), event.message.key)
             self.metrics.end_to_end_latency.observe(latency)
+        for decision, count in decisions.items():
+            self.metrics.decisions.labels(decision).inc(count)
+        if shadow:
+            self.metrics.shadow_scored.inc(len(accepted))
         clock = self.metrics.stage("produce_scores", clock)
         await asyncio.gather(push, logged)
         self.metrics.stage("await_feast_push_and_log", clock)

@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 from infra.local.manager import Endpoints
 from streams.app import WorkerConfig, create_app
 from streams.metrics import WorkerMetrics
-from streams.scoring import DecisionPolicy
+from streams.scoring import DecisionPolicy, ReviewBudget
 from streams.settings import REPO_ROOT, Settings
 
 
@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> None:
                              "0.5 strict: replays favour throughput)")
     parser.add_argument("--review-at", type=float, default=0.5)
     parser.add_argument("--block-at", type=float, default=0.9)
+    parser.add_argument("--reviews-per-day", type=int, default=0,
+                        help="review at most N transactions an event day, the riskiest "
+                             "(threshold learnt from the day before); 0: review at "
+                             "--review-at")
+    parser.add_argument("--request-rows", type=int, default=1024,
+                        help="rows a Triton request at most (batches are split)")
+    parser.add_argument("--in-flight", type=int, default=4,
+                        help="Triton requests in flight at once")
     parser.add_argument("--log-level", default="warn",
                         choices=("crit", "error", "warn", "info", "debug"))
     parser.add_argument("--app-id", default="fraud-factory",
@@ -78,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         settings,
         batch_max=args.batch_max or (4096 if args.mode == "strict" else 1024),
         batch_wait_s=args.batch_wait or (0.5 if args.mode == "strict" else 0.05),
-        policy=DecisionPolicy(args.review_at, args.block_at),
+        policy=(ReviewBudget(args.reviews_per_day, args.block_at, args.review_at)
+                if args.reviews_per_day else DecisionPolicy(args.review_at, args.block_at)),
+        request_rows=args.request_rows, in_flight=args.in_flight,
         app_id=args.app_id, offset_reset=args.offset_reset, role=args.role, mode=args.mode,
         labels_group=args.labels_group, feast_path=args.feast_path,
         feature_log_dir=Path(args.feature_log) if args.feature_log else None,

@@ -121,6 +121,14 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     assert np.allclose(online.read("card_activity", "card_id", cards),
                        np.stack([last[c] for c in cards]))
     assert prometheus_value(live_stack, "factory_events_scored_total", len(txs)) >= len(txs)
+    samples = worker.metrics()
+    made = {d: samples.get(f'factory_decisions_total{{decision="{d}"}}', 0.0)
+            for d in ("approve", "review", "block")}
+    assert sum(made.values()) == len(txs)
+    assert made["review"] == sum(s.decision == "review" for s in scores)
+    lag = {k: v for k, v in samples.items() if k.startswith("factory_consumer_lag{")}
+    assert lag and all('topic="transactions"' in k for k in lag)
+    assert all(v == 0 for v in lag.values()), "nothing left behind once all are scored"
 
 
 def prometheus_value(live_stack, query: str, at_least: float,  # noqa: ANN001
