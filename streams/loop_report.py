@@ -1,0 +1,213 @@
+"""The closed loop's report: quality over event time, adaptive against frozen, plots.
+
+Everything here works on what a run leaves behind: the feature log (served features,
+score, serving version), the labels, and the ``model-events`` records. The frozen
+counterfactual needs no second run: features do not depend on the model, so scoring
+the logged features with the first model is exactly what the same stream would have
+served with that model frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.evaluation import assess, card_precision_at_k
+
+DAY = 86400.0
+
+
+@dataclass
+class LoopFigures:
+    """The loop's headline figures (each ``None`` when the run could not show it)."""
+
+    drift_start_day: int
+    post_drift_rows: int
+    post_drift_frauds: int
+    adaptive_average_precision: float
+    frozen_average_precision: float
+    adaptive_card_precision_at_100: float
+    frozen_card_precision_at_100: float
+    ap_gain: float
+    cp_gain: float
+    serving_versions: list[int]
+    promotions: list[dict[str, Any]] = field(default_factory=list)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    drift_decisions: int = 0
+    first_drift_day: float | None = None
+    cycle_seconds: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluation_frame(logged: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    """The logged rows with the columns :func:`models.evaluation.assess` reads.
+
+    ``labels`` maps ``tx_id`` to the true label (0/1); day numbers count from the
+    first logged day.
+    """
+    frame = logged.copy()
+    frame["TX_FRAUD"] = labels.reindex(frame["tx_id"]).to_numpy(dtype=np.int64)
+    days = (frame["event_time"] // DAY).astype(np.int64)
+    frame["TX_TIME_DAYS"] = days - days.min()
+    frame["CUSTOMER_ID"] = frame["card_id"]
+    return frame
+
+
+def daily_quality(frame: pd.DataFrame, scores: np.ndarray, window_days: int = 7,
+                  k: int = 100) -> pd.DataFrame:
+    """AP and CP@k of ``scores`` over the trailing ``window_days`` days, for each day."""
+    from sklearn.metrics import average_precision_score
+
+    days = frame["TX_TIME_DAYS"].to_numpy()
+    y = frame["TX_FRAUD"].to_numpy()
+    daily_cp = dict(zip(np.unique(days).tolist(), card_precision_at_k(frame, scores, k).per_day,
+                        strict=True))
+    rows = []
+    for day in range(int(days.min()) + window_days - 1, int(days.max()) + 1):
+        mask = (days > day - window_days) & (days <= day)
+        if y[mask].sum() == 0:
+            continue
+        cps = [daily_cp[d] for d in range(day - window_days + 1, day + 1) if d in daily_cp]
+        rows.append({"day": day, "average_precision": average_precision_score(y[mask],
+                                                                              scores[mask]),
+                     "card_precision_at_k": float(np.mean(cps)) if cps else np.nan})
+    return pd.DataFrame(rows)
+
+
+def loop_figures(frame: pd.DataFrame, frozen_scores: np.ndarray, drift_start_day: int,
+                 events: list[dict[str, Any]]) -> LoopFigures:
+    """Adaptive (served) against frozen quality after the drift, and the loop's events."""
+    after = frame["TX_TIME_DAYS"].to_numpy() >= drift_start_day
+    post = frame[after]
+    served = assess(post, post["score"].to_numpy())
+    frozen = assess(post, frozen_scores[after])
+    drifts = [e for e in events if e.get("event") == "drift_detected"]
+    promotions = [e for e in events if e.get("event") == "promoted"]
+    origin = float(frame["event_time"].min() // DAY)
+    first_drift = None
+    if drifts:
+        first_drift = min(float(e.get("window_end") or e.get("now") or 0) for e in drifts)
+        first_drift = first_drift / DAY - origin if first_drift else None
+    return LoopFigures(
+        drift_start_day=drift_start_day,
+        post_drift_rows=int(after.sum()),
+        post_drift_frauds=int(post["TX_FRAUD"].sum()),
+        adaptive_average_precision=served.average_precision,
+        frozen_average_precision=frozen.average_precision,
+        adaptive_card_precision_at_100=served.card_precision_at_k,
+        frozen_card_precision_at_100=frozen.card_precision_at_k,
+        ap_gain=served.average_precision / frozen.average_precision,
+        cp_gain=(served.card_precision_at_k / frozen.card_precision_at_k
+                 if frozen.card_precision_at_k else float("nan")),
+        serving_versions=sorted(int(v) for v in frame["model_version"].unique()),
+        promotions=promotions,
+        rejections=[e for e in events if e.get("event") == "challenger_rejected"],
+        rollbacks=[e for e in events if e.get("event") == "rollback"],
+        drift_decisions=len(drifts),
+        first_drift_day=first_drift,
+        cycle_seconds=[float(e["cycle_seconds"]) for e in promotions
+                       if e.get("cycle_seconds") is not None],
+    )
+
+
+def version_spans(frame: pd.DataFrame) -> list[tuple[int, float, float]]:
+    """``(version, first day, last day)`` of each serving version, in event time."""
+    ordered = frame.sort_values("event_time")
+    days = ordered["TX_TIME_DAYS"].to_numpy() + (ordered["event_time"].to_numpy() % DAY) / DAY
+    versions = ordered["model_version"].to_numpy()
+    spans = []
+    start = 0
+    for i in range(1, len(versions) + 1):
+        if i == len(versions) or versions[i] != versions[start]:
+            spans.append((int(versions[start]), float(days[start]), float(days[i - 1])))
+            start = i
+    return spans
+
+
+def plot_loop(frame: pd.DataFrame, frozen_scores: np.ndarray, drift_start_day: int,
+              events: list[dict[str, Any]], path: Path) -> None:
+    """AP and CP@100 over event time, served against frozen, with versions and drift."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    served = daily_quality(frame, frame["score"].to_numpy())
+    frozen = daily_quality(frame, frozen_scores)
+    origin = float(frame["event_time"].min() // DAY)
+    figure, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True,
+                                gridspec_kw={"height_ratios": [3, 3, 2]})
+    for axis, metric, name in ((axes[0], "average_precision", "AP (7-day window)"),
+                               (axes[1], "card_precision_at_k", "CP@100 (7-day mean)")):
+        axis.plot(served["day"], served[metric], color="C0", label="served (loop running)")
+        axis.plot(frozen["day"], frozen[metric], color="0.5", linestyle="--",
+                  label="first model frozen")
+        axis.set_ylabel(name)
+        axis.axvline(drift_start_day, color="crimson", linewidth=1, label="drift starts")
+        for event in events:
+            if event.get("event") == "promoted" and event.get("event_time"):
+                day = float(event["event_time"]) / DAY - origin
+                axis.axvline(day, color="green", linestyle=":", linewidth=1)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower left")
+    for version, first, last in version_spans(frame):
+        axes[2].barh(0, last - first, left=first, height=0.4)
+        axes[2].text((first + last) / 2, 0, f"v{version}", ha="center", va="center",
+                     fontsize=8)
+    checks = [e for e in events if e.get("event") in ("drift_check", "drift_detected")
+              and e.get("window_end")]
+    if checks:
+        statistics = pd.DataFrame([{
+            "day": float(e["window_end"]) / DAY - origin,
+            "monitor": e.get("monitor", "?") + (f":{e['feature']}" if e.get("feature") else ""),
+            "ratio": float(e["statistic"]) / float(e["threshold"]) if e.get("threshold") else 0,
+            "detected": e.get("event") == "drift_detected",
+        } for e in checks])
+        strongest = statistics.groupby("monitor")["ratio"].max().nlargest(4).index
+        twin = axes[2].twinx()
+        for monitor in strongest:
+            rows = statistics[statistics["monitor"] == monitor].sort_values("day")
+            twin.plot(rows["day"], rows["ratio"], marker=".", linewidth=1, label=monitor)
+        hits = statistics[statistics["detected"]]
+        twin.scatter(hits["day"], hits["ratio"], color="crimson", zorder=3, s=18,
+                     label="drift detected")
+        twin.axhline(1.0, color="crimson", linewidth=0.5)
+        twin.set_ylabel("statistic / threshold")
+        twin.legend(fontsize=7, loc="upper left")
+    axes[2].set_yticks([])
+    axes[2].set_xlabel("event day of the run")
+    axes[2].set_title("serving version, and the strongest drift statistics", fontsize=9)
+    figure.suptitle("The closed loop: quality over event time")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def report_markdown(figures: LoopFigures) -> str:
+    """The short report printed at the end of a run and kept in its folder."""
+    lines = [
+        f"drift from event day {figures.drift_start_day}: "
+        f"{figures.post_drift_rows:,} transactions, {figures.post_drift_frauds:,} frauds after it",
+        "",
+        "| after the drift | served (loop) | first model frozen | gain |",
+        "|---|---|---|---|",
+        f"| average precision | {figures.adaptive_average_precision:.3f} | "
+        f"{figures.frozen_average_precision:.3f} | {figures.ap_gain:.2f}x |",
+        f"| CP@100 | {figures.adaptive_card_precision_at_100:.3f} | "
+        f"{figures.frozen_card_precision_at_100:.3f} | {figures.cp_gain:.2f}x |",
+        "",
+        f"serving versions: {figures.serving_versions}; drift decisions: "
+        f"{figures.drift_decisions}; promotions: {len(figures.promotions)}; rejected "
+        f"challengers: {len(figures.rejections)}; rollbacks: {len(figures.rollbacks)}",
+    ]
+    if figures.cycle_seconds:
+        lines.append("drift decision to new version serving: "
+                     + ", ".join(f"{s:.1f} s" for s in figures.cycle_seconds))
+    return "\n".join(lines)
