@@ -339,6 +339,14 @@ class Registry:
         _write_json(self._path(version), entry.to_dict())
         return entry
 
+    def record_gate(self, version: int, gate: dict[str, Any]) -> ModelVersion:
+        """Keep the promotion gate's verdict and figures in a recorded version's entry."""
+        with self._locked():
+            entry = self.get(version)
+            entry.gate = dict(gate)
+            _write_json(self._path(version), entry.to_dict())
+            return entry
+
     def set_champion(
         self, version: int, reason: str, *, previous_status: Status = "retired"
     ) -> ModelVersion:

@@ -7,6 +7,7 @@
     factory worker [...]         run one stream worker in the foreground
     factory replay [...]         replay a dataset into transactions and labels
     factory model ...            train, list, show and promote model versions
+    factory retrainer [...]      drift monitors, retraining, gate and hot swap, as a service
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return replay_main(argv[1:])
     if argv[:1] == ["model"]:
         return model_main(argv[1:])
+    if argv[:1] == ["retrainer"]:
+        return retrainer_main(argv[1:])
     parser = argparse.ArgumentParser(prog="factory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -44,25 +47,44 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=f"{name} local services")
         sub.add_argument("services", nargs="*", choices=[[], *SERVICE_ORDER], default=[])
     commands.add_parser("status", help="state of each service")
-    run = commands.add_parser("run", help="the main job end to end")
-    run.add_argument("--customers", type=int, default=500)
-    run.add_argument("--terminals", type=int, default=1000)
-    run.add_argument("--days", type=int, default=45, help="at least 45 (train, test weeks)")
+    run = commands.add_parser("run", help="the main job end to end (the closed loop)")
+    run.add_argument("--customers", type=int, default=None,
+                     help="cards (default 1000; 500 with --no-loop)")
+    run.add_argument("--terminals", type=int, default=None,
+                     help="terminals (default 2000; 1000 with --no-loop)")
+    run.add_argument("--days", type=int, default=None,
+                     help="simulated days (default 70; 45 with --no-loop, at least 45)")
+    run.add_argument("--drift", default="card_testing:start=42,days=28,intensity=10",
+                     help="drift scenario KIND:start=D,days=N,intensity=X, or 'none'")
+    run.add_argument("--seconds-per-day", type=float, default=4.0,
+                     help="wall seconds an event day takes in the replay")
+    run.add_argument("--no-loop", action="store_true",
+                     help="no retrainer: stream, score and check parity with one model")
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
     commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
     commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
     commands.add_parser("model", help="the model registry (see factory model --help)")
+    commands.add_parser("retrainer", help="the retrainer (see factory retrainer --help)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command == "run" and args.no_loop:
             from streams.job import JobSize
             from streams.job import run as run_job
 
-            if args.days < 45:
+            days = args.days or 45
+            if days < 45:
                 parser.error("--days must be at least 45")
-            size = JobSize(args.customers, args.terminals, args.days,
-                           test_days=(args.days - 7, args.days))
+            size = JobSize(args.customers or 500, args.terminals or 1000, days,
+                           test_days=(days - 7, days))
             run_job(size, keep_up=args.keep_up)
+            return 0
+        if args.command == "run":
+            from streams.loop import LoopSize, run_loop
+
+            loop = LoopSize(customers=args.customers or 1000,
+                            terminals=args.terminals or 2000, days=args.days or 70,
+                            drift=args.drift, seconds_per_day=args.seconds_per_day)
+            run_loop(loop, keep_up=args.keep_up)
             return 0
         stack = Stack(Settings.from_env())
         if args.command == "up":
@@ -199,6 +221,91 @@ def model_main(argv: list[str]) -> int:
     except (KeyError, ValueError, OSError) as exc:
         print(f"factory model: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _retrainer_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="factory retrainer",
+        description="Watch the feature log and labels for drift; retrain, gate and hot-swap "
+                    "fraud_detector versions; roll back a promoted version that does worse.")
+    parser.add_argument("--feature-log", type=Path, required=True,
+                        help="the scoring workers' feature log folder")
+    parser.add_argument("--labels-group", default="factory-retrainer",
+                        help="consumer group name of the labels reader")
+    parser.add_argument("--schedule-days", type=float, default=7.0,
+                        help="retrain after this many days of event time (0: never)")
+    parser.add_argument("--gate-days", type=int, default=7,
+                        help="latest matured days kept out of training for the gate")
+    parser.add_argument("--full-retrain", action="store_true",
+                        help="train from scratch instead of from the champion's weights")
+    parser.add_argument("--shadow-rows", type=int, default=2000)
+    parser.add_argument("--shadow-timeout", type=float, default=120.0)
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="Prometheus port (default FACTORY_RETRAINER_METRICS_PORT, 8110)")
+    parser.add_argument("--repo", type=Path, default=REPO_ROOT / "triton_repo")
+    parser.add_argument("--poll", type=float, default=2.0, help="seconds between steps")
+    parser.add_argument("--once", action="store_true", help="one step, then exit")
+    parser.add_argument("--log-level", default="info",
+                        choices=("error", "warning", "info", "debug"))
+    return parser
+
+
+def retrainer_main(argv: list[str]) -> int:
+    """``factory retrainer``: the retrainer in the foreground until SIGTERM or Ctrl-C."""
+    import dataclasses
+    import logging
+    import signal
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from infra.local.manager import Endpoints
+    from streams.model_events import RetrainerMetrics
+    from streams.retrain_policy import TriggerPolicy
+    from streams.retrainer import RetrainerConfig, connect
+    from streams.swap import SwapConfig
+
+    args = _retrainer_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    path = settings.state_dir / "endpoints.json"
+    local = Endpoints.load(path) if path.exists() else None
+    explicit = {"kafka": settings.kafka.bootstrap_servers, "triton": settings.triton_url,
+                "redis": settings.redis_url.get() if settings.redis_url else None}
+    if local is None and not all(explicit.values()):
+        print("factory retrainer: no service endpoints: run 'factory up' or set "
+              "KAFKA_BOOTSTRAP_SERVERS, REDIS_URL and TRITON_URL", file=sys.stderr)
+        return 2
+    endpoint = {k: v or str(getattr(local, k)) for k, v in explicit.items()}
+    config = RetrainerConfig(
+        feature_log=args.feature_log, repo_dir=args.repo, gate_days=args.gate_days,
+        warm_start=not args.full_retrain, poll_s=args.poll,
+        trigger=TriggerPolicy(schedule_days=args.schedule_days or None),
+        swap=dataclasses.replace(SwapConfig(), shadow_rows=args.shadow_rows,
+                                 shadow_timeout_s=args.shadow_timeout))
+    metrics = RetrainerMetrics(drift_hold_seconds=config.thresholds.cooldown_seconds)
+    start_http_server(args.metrics_port or settings.retrainer_metrics_port, addr="127.0.0.1",
+                      registry=metrics.registry)
+    retrainer = connect(config, settings, kafka=endpoint["kafka"], redis_url=endpoint["redis"],
+                        triton_url=endpoint["triton"], labels_group=args.labels_group,
+                        metrics=metrics)
+    champion = retrainer.start()
+    print(f"retrainer: champion {champion}, feature log {args.feature_log}", flush=True)
+    if args.once:
+        report = retrainer.step()
+        print(f"retrainer: {report.rows} rows, {report.labels} labels, {report.matured} "
+              f"matured, {report.decisions} drift decisions, detected {report.detected}, "
+              f"trigger {report.trigger.kind if report.trigger else None}, outcome "
+              f"{report.outcome.status if report.outcome else None}", flush=True)
+        retrainer.close()
+        return 0
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    retrainer.run(stop)
+    retrainer.close()
     return 0
 
 

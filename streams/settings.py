@@ -88,6 +88,7 @@ class Settings:
     alert_webhook_url: Secret | None = None
     worker_metrics_port: int = 8100
     worker_web_port: int = 6066
+    retrainer_metrics_port: int = 8110
     partitions: int = 4
     registry_dir: Path | None = None
 
@@ -119,6 +120,7 @@ class Settings:
                 ("alertmanager_port", "FACTORY_ALERTMANAGER_PORT"),
                 ("worker_metrics_port", "FACTORY_WORKER_METRICS_PORT"),
                 ("worker_web_port", "FACTORY_WORKER_WEB_PORT"),
+                ("retrainer_metrics_port", "FACTORY_RETRAINER_METRICS_PORT"),
                 ("partitions", "FACTORY_PARTITIONS"),
             )
             if (value := _env(var)) is not None

@@ -1,0 +1,236 @@
+"""The main job with the loop closed: drift, retraining, the gate, the swap, on simulated data.
+
+A world is simulated with a drift scenario (card testing from day 42 by default), and a
+first model is trained on its first five weeks and registered as champion. A labels
+worker, a scoring worker (strict mode) and the retrainer run while every transaction
+and its label are replayed on event time, paced so that the retrainer has wall time to
+act while the stream moves on. The retrainer watches the stream, detects the drift,
+trains challengers from the feature log with matured labels, gates them and swaps the
+passing ones in without stopping the scorer. At the end the run folder holds the
+report, its figures as JSON, the plot and the model-events; the same logged features
+scored by the first model give the frozen counterfactual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from infra.local.manager import Stack
+from streams.clients import consume, topic_end_offsets
+from streams.job import TRITON_REPO, load_model, log, reset_online_store, stage_seconds
+from streams.records import Score
+from streams.router import ModelRouter
+from streams.settings import Settings
+from streams.topics import LABELS, MODEL_EVENTS, SCORES
+from streams.worker import WorkerProcess
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class LoopSize:
+    """The simulated world, its drift, and how fast event time runs."""
+
+    customers: int = 1000
+    terminals: int = 2000
+    days: int = 70
+    drift: str = "card_testing:start=42,days=28,intensity=10"
+    first_model_end_day: int = 35
+    seconds_per_day: float = 4.0
+    seed: int = 0
+
+
+def simulate_world(size: LoopSize) -> pd.DataFrame:
+    """The drifted world with every model feature (the batch reference)."""
+    from models.drift import DriftSpec, apply_drift
+    from models.extra_features import add_model_features
+    from models.simulator import simulate
+
+    raw = simulate(n_customers=size.customers, n_terminals=size.terminals,
+                   nb_days=size.days)
+    specs = [DriftSpec.parse(size.drift)] if size.drift != "none" else []
+    return add_model_features(apply_drift(raw, specs, seed=size.seed))
+
+
+def drift_start_day(size: LoopSize) -> int:
+    if size.drift == "none":
+        return size.days
+    from models.drift import DriftSpec
+
+    return int(DriftSpec.parse(size.drift).start)
+
+
+def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
+             triton_repo: Path = TRITON_REPO, keep_up: bool = False) -> dict:
+    """Run the closed loop once; returns the figures (also written to the run folder)."""
+    from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES
+    from models.recipe import DEFAULT_RECIPE
+    from models.registry import Registry
+    from models.trainer import train_version
+    from streams.feature_log import read_feature_log
+    from streams.loop_report import (
+        evaluation_frame,
+        loop_figures,
+        plot_loop,
+        report_markdown,
+    )
+    from streams.producer import ReplayOptions, replay
+    from streams.replay import Dataset
+    from streams.retrainer import RetrainerConfig, connect
+    from streams.swap import score_onnx
+
+    size = size or LoopSize()
+    run_id = uuid.uuid4().hex[:8]
+    settings = settings or Settings.from_env()
+    run_dir = settings.state_dir / "runs" / f"loop-{run_id}"
+    run_dir.mkdir(parents=True)
+    settings = dataclasses.replace(settings, registry_dir=run_dir / "registry")
+    stack = Stack(settings, triton_repo=triton_repo)
+    already = {name for name, state in stack.status().items() if state == "up"}
+    log("starting services")
+    endpoints = stack.up()
+    workers: list[WorkerProcess] = []
+    stop = threading.Event()
+    retrainer = None
+    thread = None
+    try:
+        log("resetting the Feast online store and the model route")
+        reset_online_store(endpoints.redis)
+        log(f"simulating {size.days} days of {size.customers:,} cards and "
+            f"{size.terminals:,} terminals with drift {size.drift}")
+        frame = simulate_world(size)
+        frame["TRANSACTION_ID"] = (int(time.time()) % 10**8) * 10**7 + np.arange(len(frame))
+        registry = Registry(settings.model_registry_dir, repo_dir=triton_repo)
+        end = pd.Timestamp(frame["TX_DATETIME"].min().normalize()) + pd.Timedelta(
+            days=size.first_model_end_day)
+        first = frame[frame["TX_DATETIME"] < end]
+        log(f"training the first model on the days before day {size.first_model_end_day} "
+            f"({len(first):,} transactions)")
+        entry = train_version(first, registry=registry, repo_dir=triton_repo,
+                              trigger="initial", end=end, device="cpu")
+        registry.set_champion(entry.version, "first model of the run")
+        load_model(endpoints.triton, [entry.version], repo=triton_repo)
+        router = ModelRouter(endpoints.redis)
+        router.reset()
+        router.promote(entry.version)
+        router.close()
+        log(f"version {entry.version} serves (validation AP "
+            f"{entry.metrics['average_precision']:.3f})")
+
+        common = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)},
+                  "offset_reset": "latest"}
+        workers = [
+            WorkerProcess(settings, f"loop-{run_id}-labels", role="labels",
+                          extra_args=["--batch-wait", "0.5", "--batch-max", "4096"],
+                          log_path=str(run_dir / "labels-worker.log"),
+                          metrics_port=settings.worker_metrics_port + 1, **common),
+            WorkerProcess(settings, f"loop-{run_id}", role="score", mode="strict",
+                          labels_group=f"loop-{run_id}-labels",
+                          feature_log=str(run_dir / "feature_log"),
+                          log_path=str(run_dir / "score-worker.log"),
+                          metrics_port=settings.worker_metrics_port, **common),
+        ]
+        log("starting a labels worker, a scoring worker and the retrainer")
+        for worker in workers:
+            worker.start(endpoints.kafka)
+        scores_start = topic_end_offsets(endpoints.kafka, settings, SCORES)
+        events_start = topic_end_offsets(endpoints.kafka, settings, MODEL_EVENTS)
+        labels_start = topic_end_offsets(endpoints.kafka, settings, LABELS)
+        config = RetrainerConfig(feature_log=run_dir / "feature_log", repo_dir=triton_repo,
+                                 recipe=DEFAULT_RECIPE)
+        retrainer = connect(config, settings, kafka=endpoints.kafka,
+                            redis_url=endpoints.redis, triton_url=endpoints.triton,
+                            labels_group=f"loop-{run_id}-retrainer",
+                            labels_start=labels_start)
+        retrainer.start()
+        thread = threading.Thread(target=retrainer.run, args=(stop,), daemon=True)
+        thread.start()
+
+        speed = DAY / size.seconds_per_day
+        log(f"replaying {len(frame):,} transactions and their labels, one event day "
+            f"every {size.seconds_per_day:g} s")
+        began = time.monotonic()
+        replay(Dataset.from_frame(frame), endpoints.kafka, settings,
+               ReplayOptions(speed=speed))
+        wanted = set(frame["TRANSACTION_ID"].tolist())
+        received = _wait_for(endpoints.kafka, settings, scores_start, wanted, workers)
+        wall = time.monotonic() - began
+        stop.set()
+        thread.join(timeout=120)
+        events = [json.loads(m.value) for m in consume(
+            endpoints.kafka, settings, MODEL_EVENTS, start=events_start,
+            until=lambda got: False, timeout_s=5)]
+
+        log("writing the report")
+        scores = [s for s in (Score.parse(m.value) for m in received) if s.tx_id in wanted]
+        logged = read_feature_log(run_dir / "feature_log")
+        labels = frame.set_index("TRANSACTION_ID")["TX_FRAUD"]
+        evaluation = evaluation_frame(logged, labels)
+        names = [SERVING_NAMES[c] for c in MODEL_FEATURE_COLUMNS]
+        reference = frame.set_index("TRANSACTION_ID").loc[logged["tx_id"]]
+        skew = ~np.isclose(logged[names].to_numpy(np.float64),
+                           reference[MODEL_FEATURE_COLUMNS].to_numpy(np.float64),
+                           rtol=0, atol=1e-6).all(axis=1)
+        frozen = score_onnx(triton_repo / "fraud_detector" / str(entry.version) / "model.onnx",
+                            logged[names].to_numpy(np.float32))
+        start_day = drift_start_day(size)
+        figures = loop_figures(evaluation, frozen, start_day, events)
+        plot_loop(evaluation, frozen, start_day, events, run_dir / "loop.png")
+        summary = {
+            "run": run_id, "size": dataclasses.asdict(size), "first_version": entry.version,
+            "transactions": len(frame), "scored": len({s.tx_id for s in scores}),
+            "duplicates": len(scores) - len({s.tx_id for s in scores}),
+            "skew_rows": int(skew.sum()), "wall_s": round(wall, 1),
+            "events_per_s": round(len(frame) / wall, 1),
+            "figures": figures.to_dict(),
+            "stage_seconds": stage_seconds(workers),
+            "registry": [dataclasses.asdict(v) for v in registry.list()],
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        (run_dir / "model-events.jsonl").write_text(
+            "".join(json.dumps(e, default=str) + "\n" for e in events))
+        text = report_markdown(figures)
+        text += (f"\nscored {summary['scored']:,} of {len(frame):,} transactions "
+                 f"({summary['duplicates']} duplicates, {summary['skew_rows']} rows whose "
+                 f"features differ from the batch reference) in {wall:.0f} s")
+        (run_dir / "report.md").write_text(text + "\n")
+        print("\n" + text)
+        log(f"run folder: {run_dir} (report.md, loop.png, summary.json, model-events.jsonl)")
+        return summary
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=60)
+        if retrainer is not None:
+            retrainer.close()
+        for worker in workers:
+            worker.stop()
+        if not keep_up:
+            stack.down([n for n in stack.services if n not in already])
+
+
+def _wait_for(kafka: str, settings: Settings, start: dict[int, int], wanted: set[int],
+              workers: list[WorkerProcess], timeout_s: float = 1800) -> list:
+    seen: set[int] = set()
+    checked = 0
+
+    def done(received: list) -> bool:
+        nonlocal checked
+        for message in received[checked:]:
+            seen.add(Score.parse(message.value).tx_id)
+        checked = len(received)
+        if not all(w.alive() for w in workers):
+            raise RuntimeError("a worker stopped; see its log in the run folder")
+        return seen >= wanted
+
+    return consume(kafka, settings, SCORES, until=done, start=start, timeout_s=timeout_s,
+                   progress="scores")

@@ -1,0 +1,314 @@
+"""The retrainer against real Kafka, Redis and Triton: broken and worse challengers are
+rejected and never loaded, and a swap under steady load scores every transaction once,
+with no failed Triton call, N before the promotion and N+1 after it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+
+from models.extra_features import SERVING_NAMES
+from models.gate import GateConfig
+from models.recipe import Recipe
+from models.registry import ModelVersion, Registry
+from models.trainer import frame_from_simulator, train_version
+from models.triton_config import MODEL_NAME
+from streams.clients import Received, consume, producer, topic_end_offsets
+from streams.feature_log import read_feature_log
+from streams.job import load_model
+from streams.records import Score
+from streams.retrain_policy import GateSplit
+from streams.retrainer import Retrainer, RetrainerConfig, connect
+from streams.router import ModelRouter
+from streams.swap import SwapConfig, triton_ready_versions
+from streams.topics import MODEL_EVENTS, SCORES, TRANSACTIONS
+
+pytestmark = pytest.mark.integration
+
+FAST = Recipe(train_weeks=2, hidden=(16,), n_bins=4, n_members=1, max_epochs=3, patience=2)
+DAY = 86400
+OFFSET = 70_000_000
+
+
+@dataclasses.dataclass
+class World:
+    frame: pd.DataFrame
+    registry: Registry
+    champion: int
+    challenger: int
+    split: GateSplit
+
+
+@pytest.fixture(scope="module")
+def world(live_stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:  # noqa: ANN001
+    """A small simulated world, a champion trained on it and a warm-started challenger,
+    published into the session's Triton repository; Triton and the route are put back
+    to version 1 alone afterwards (the other tests score with it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    frame = frame_from_simulator(customers=150, terminals=300, days=42, seed=3)
+    for column in ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID"):
+        frame[column] = frame[column] + OFFSET
+    registry = Registry(tmp_path_factory.mktemp("registry"), repo_dir=live_stack.triton_repo)
+    repo = live_stack.triton_repo
+    champion = train_version(frame, registry=registry, repo_dir=repo, trigger="initial",
+                             recipe=FAST, end="2018-05-06", device="cpu").version
+    registry.set_champion(champion, "test champion")
+    challenger = train_version(frame, registry=registry, repo_dir=repo, trigger="manual",
+                               parent=champion, warm_start=True, recipe=FAST,
+                               end="2018-05-06", seed=1, device="cpu").version
+    start = pd.Timestamp("2018-05-06").timestamp()
+    yield World(frame, registry, champion, challenger, GateSplit(start, start + 7 * DAY))
+    torch.set_num_threads(threads)
+    load_model(live_stack.endpoints.triton, [1], repo=repo)
+    router = ModelRouter(live_stack.endpoints.redis)
+    router.reset()
+    router.close()
+
+
+@pytest.fixture
+def make_retrainer(live_stack, world: World) -> Iterator[Callable[..., Retrainer]]:  # noqa: ANN001
+    """Retrainers on the session's services whose champion is the world's; closed after."""
+    made: list[Retrainer] = []
+
+    def make(log_dir: Path, **swap: float) -> Retrainer:
+        config = RetrainerConfig(
+            feature_log=log_dir, repo_dir=live_stack.triton_repo, recipe=FAST,
+            gate=dataclasses.replace(GateConfig(), latency_repeats=20, ece_max=None,
+                                     ratio_bounds=None),
+            swap=dataclasses.replace(SwapConfig(), **swap))
+        settings = dataclasses.replace(live_stack.settings, registry_dir=world.registry.root)
+        e = live_stack.endpoints
+        retrainer = connect(config, settings, kafka=e.kafka, redis_url=e.redis,
+                            triton_url=e.triton,
+                            labels_start=topic_end_offsets(e.kafka, settings, "labels"),
+                            labels_group=f"retrainer-{uuid.uuid4().hex[:8]}")
+        made.append(retrainer)
+        retrainer.swapper.router.reset()
+        assert retrainer.start() == world.champion
+        return retrainer
+
+    yield make
+    for retrainer in made:
+        retrainer.close()
+
+
+def model_events(live_stack, start: dict[int, int], wanted: set[str]) -> list[dict]:  # noqa: ANN001
+    def done(received: list[Received]) -> bool:
+        return wanted <= {json.loads(m.value)["event"] for m in received}
+
+    received = consume(live_stack.endpoints.kafka, live_stack.settings, MODEL_EVENTS,
+                       until=done, start=start, timeout_s=30)
+    return [json.loads(m.value) for m in received]
+
+
+def assert_never_loaded(live_stack, version: int) -> None:  # noqa: ANN001
+    with grpcclient.InferenceServerClient(url=live_stack.endpoints.triton) as client:
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+        assert not client.is_model_ready(MODEL_NAME, str(version))
+    states = [m.get("state") for m in index
+              if m.get("name") == MODEL_NAME and m.get("version") == str(version)]
+    assert states in ([], ["UNAVAILABLE"]), f"version {version} was loaded: {states}"
+
+
+def publish_broken(repo: Path, registry: Registry, kind: str, parent: int) -> int:
+    """A version whose model.onnx is not a graph, or takes rows of 19 features."""
+    version = registry.reserve(repo)
+    target = repo / MODEL_NAME / str(version)
+    shutil.copytree(repo / MODEL_NAME / str(parent), target)
+    if kind == "corrupt":
+        (target / "model.onnx").write_bytes(b"\x08\x07 this is not an onnx graph")
+    else:
+        net = torch.nn.Sequential(torch.nn.Linear(19, 1), torch.nn.Sigmoid())
+        torch.onnx.export(net, (torch.zeros(2, 19),), str(target / "model.onnx"),
+                          input_names=["features"], output_names=["score"], dynamo=False,
+                          dynamic_axes={"features": {0: "batch"}, "score": {0: "batch"}})
+    registry.record(ModelVersion(version, parent=parent, trigger="manual"))
+    return version
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "wrong_width"])
+def test_a_broken_challenger_is_rejected_and_never_loaded(
+    live_stack, world: World, make_retrainer: Callable[..., Retrainer],  # noqa: ANN001
+    tmp_path: Path, kind: str,
+) -> None:
+    retrainer = make_retrainer(tmp_path / "log")
+    start = topic_end_offsets(live_stack.endpoints.kafka, live_stack.settings, MODEL_EVENTS)
+    version = publish_broken(live_stack.triton_repo, world.registry, kind, world.champion)
+    try:
+        outcome = retrainer.challenge(version, retrainer.gate_window(world.frame, world.split))
+        assert outcome.status == "rejected"
+        assert outcome.reasons and all(r.startswith("structure: ") for r in outcome.reasons)
+        assert world.registry.get(version).status == "rejected"
+        assert world.registry.champion() == world.champion
+        assert_never_loaded(live_stack, version)
+        assert triton_ready_versions(live_stack.endpoints.triton) == sorted({1, world.champion})
+        events = model_events(live_stack, start, {"challenger_rejected"})
+        rejected = [e for e in events if e["event"] == "challenger_rejected"]
+        assert rejected[0]["version"] == version and not rejected[0]["passed"]
+    finally:
+        shutil.rmtree(live_stack.triton_repo / MODEL_NAME / str(version))
+
+
+def test_a_worse_challenger_is_rejected_on_quality(
+    live_stack, world: World, make_retrainer: Callable[..., Retrainer],  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
+    retrainer = make_retrainer(tmp_path / "log")
+    shuffled = world.frame.copy()
+    shuffled["TX_FRAUD"] = np.random.default_rng(0).permutation(shuffled["TX_FRAUD"].to_numpy())
+    worse = train_version(shuffled, registry=world.registry, repo_dir=live_stack.triton_repo,
+                          trigger="manual", parent=world.champion, recipe=FAST,
+                          end="2018-05-06", device="cpu").version
+    try:
+        outcome = retrainer.challenge(worse, retrainer.gate_window(world.frame, world.split))
+        assert outcome.status == "rejected", outcome
+        assert any(r.startswith("quality: average precision") for r in outcome.reasons)
+        assert outcome.gate is not None and outcome.gate.checks["structure"]
+        assert world.registry.get(worse).status == "rejected"
+        assert world.registry.get(worse).gate["champion_average_precision"] > 0
+        assert_never_loaded(live_stack, worse)
+    finally:
+        shutil.rmtree(live_stack.triton_repo / MODEL_NAME / str(worse))
+
+
+class SteadyProducer(threading.Thread):
+    """Sends the world's transactions, in event-time order, at ``rate`` a second."""
+
+    def __init__(self, live_stack, frame: pd.DataFrame, rate: int) -> None:  # noqa: ANN001
+        super().__init__(daemon=True)
+        self.kafka, self.settings = live_stack.endpoints.kafka, live_stack.settings
+        seconds = frame["TX_DATETIME"].astype("int64") // 10**9
+        self.rows = list(zip(frame["TRANSACTION_ID"], seconds, frame["CUSTOMER_ID"],
+                             frame["TERMINAL_ID"], frame["TX_AMOUNT"], strict=True))
+        self.rate, self.sent, self.stop = rate, [], threading.Event()
+
+    def run(self) -> None:
+        client = producer(self.kafka, self.settings, **{"linger.ms": 5})
+        began = time.monotonic()
+        for tx, t, card, terminal, amount in self.rows:
+            if self.stop.is_set():
+                break
+            due = began + len(self.sent) / self.rate
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            value = (f'{{"v":1,"tx_id":{tx},"event_time":{t},"card_id":{card},'
+                     f'"terminal_id":{terminal},"amount":{amount!r}}}')
+            client.produce(TRANSACTIONS, value=value.encode(), key=str(card).encode())
+            client.poll(0)
+            self.sent.append(int(tx))
+        assert client.flush(30) == 0
+
+
+def test_swap_under_steady_load_scores_every_transaction_once(
+    live_stack, world: World, make_retrainer: Callable[..., Retrainer],  # noqa: ANN001
+    worker_factory: Callable[..., object], tmp_path: Path,
+) -> None:
+    n, m = world.champion, world.challenger
+    log_dir = tmp_path / "feature_log"
+    retrainer = make_retrainer(log_dir, shadow_rows=600, shadow_timeout_s=60,
+                               drain_timeout_s=60)
+    app_id = f"retrainer-{uuid.uuid4().hex[:8]}"
+    worker_factory(role="labels", app_id=f"{app_id}-labels")
+    scorer = worker_factory(role="score", mode="live", app_id=app_id,
+                            labels_group=f"{app_id}-labels", feature_log=str(log_dir))
+    kafka, settings = live_stack.endpoints.kafka, live_stack.settings
+    scores_start = topic_end_offsets(kafka, settings, SCORES)
+    events_start = topic_end_offsets(kafka, settings, MODEL_EVENTS)
+    errors_before = scorer.metrics().get("factory_triton_errors_total", 0.0)
+    load = SteadyProducer(live_stack, world.frame, rate=300)
+    load.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(read_feature_log(log_dir)) < 600:
+            assert time.monotonic() < deadline, "the worker scored too little"
+            time.sleep(0.5)
+        report = retrainer.swap_to(m, reason="test swap")
+        after_promotion = topic_end_offsets(kafka, settings, SCORES)
+        time.sleep(3)
+    finally:
+        load.stop.set()
+        load.join(60)
+    print(f"\nswap timings: {json.dumps(report.to_record() if report else None)}")
+    assert report is not None and report.promoted and report.drained and report.unloaded
+    assert report.shadow["rows"] >= 600 and report.shadow["failed"] == 0
+
+    sent = set(load.sent)
+    assert len(sent) == len(load.sent) > 2000
+    seen: set[int] = set()
+
+    def done(received: list[Received]) -> bool:
+        seen.update(json.loads(r.value)["tx_id"] for r in received[len(seen):])
+        return sent <= seen
+
+    received = consume(kafka, settings, SCORES, until=done, start=scores_start, timeout_s=120)
+    mine = [(r.partition, r.offset, Score.parse(r.value)) for r in received]
+    mine = [(p, o, s) for p, o, s in mine if s.tx_id in sent]
+    ids = [s.tx_id for _, _, s in mine]
+    assert set(ids) == sent, f"{len(sent - set(ids))} transactions never scored"
+    duplicates = len(ids) - len(set(ids))
+    logged = read_feature_log(log_dir)
+    raw = pd.concat([pd.read_parquet(p) for p in log_dir.glob("event_date=*/part-*.parquet")])
+    repeated = raw[raw.duplicated("tx_id", keep=False)]
+    features = [SERVING_NAMES[c] for c in FAST.features]
+    assert duplicates == 0 or (repeated.groupby("tx_id")[features].nunique() == 1).all().all(), (
+        f"{duplicates} duplicate scores with differing features")
+    assert scorer.metrics().get("factory_triton_errors_total", 0.0) == errors_before
+
+    versions = {s.model_version for *_, s in mine}
+    assert versions == {n, m}
+    for partition in {p for p, _, _ in mine}:
+        sequence = [s.model_version for p, o, s in sorted(mine) if p == partition]
+        first_new = sequence.index(m) if m in sequence else len(sequence)
+        assert set(sequence[:first_new]) <= {n} and set(sequence[first_new:]) <= {m}, (
+            f"partition {partition} mixes versions after the promotion")
+    assert all(s.model_version == m for p, o, s in mine if o >= after_promotion[p])
+    shadowed = logged[logged["shadow_version"] == m]
+    assert len(shadowed) >= 600 and (shadowed["model_version"] == n).all()
+    assert shadowed["shadow_score"].notna().all()
+
+    assert triton_ready_versions(live_stack.endpoints.triton) == [m]
+    assert world.registry.champion() == m
+    assert world.registry.get(n).status == "retired"
+    assert (live_stack.triton_repo / MODEL_NAME / str(n) / "model.onnx").exists()
+    events = model_events(live_stack, events_start, {"shadow_started", "promoted", "unloaded"})
+    names = [e["event"] for e in events]
+    assert names.index("shadow_started") < names.index("promoted") < names.index("unloaded")
+    promoted = events[names.index("promoted")]
+    assert promoted["version"] == m and promoted["cycle_seconds"] > 0
+    assert promoted["shadow"]["correlation"] is not None
+
+
+def test_cli_runs_one_step_and_serves_its_metrics(
+    live_stack, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import urllib.request
+
+    from infra.local.base import free_port
+    from streams.cli import main
+
+    monkeypatch.setenv("FACTORY_STATE_DIR", str(live_stack.settings.state_dir))
+    monkeypatch.setenv("FACTORY_REGISTRY_DIR", str(world.registry.root))
+    port = free_port()
+    champion = world.registry.champion()
+    assert main(["retrainer", "--feature-log", str(tmp_path / "log"), "--once",
+                 "--repo", str(live_stack.triton_repo), "--metrics-port", str(port)]) == 0
+    assert f"champion {champion}" in capsys.readouterr().out
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert f"factory_model_version {float(champion)}" in text
+    assert 'factory_model_events_total{event="rollback"} 0.0' in text
+    assert 'factory_drift_detected{monitor="score_psi"} 0.0' in text
