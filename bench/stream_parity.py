@@ -1,6 +1,7 @@
 """Benchmark: the whole factory on the full handbook dataset, with feature parity.
 
     python -m bench.stream_parity [--days 183] [--customers 5000] [--terminals 10000]
+                                  [--keep-log DIR]
 
 Runs the main job (``streams.job.run``) on its own fresh services (free ports, a
 temporary state folder): 183 simulated days, 1,754,155 transactions and their labels
@@ -8,6 +9,8 @@ replayed in strict mode through a labels worker and a scoring worker; every scor
 transaction's served features are compared with the batch reference. Writes
 ``bench/results/stream_parity.json`` (events/s of the feature-and-scoring stage, parity
 rows, the per-stage seconds of the scoring worker, machine) and prints a table.
+``--keep-log DIR`` copies the run's offline feature log to ``DIR`` before the temporary
+folder is deleted (``bench.model_quality --feature-log DIR`` trains and tests on it).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=183)
     parser.add_argument("--customers", type=int, default=5000)
     parser.add_argument("--terminals", type=int, default=10000)
+    parser.add_argument("--keep-log", type=Path, metavar="DIR",
+                        help="copy the run's feature log to DIR before the temporary "
+                             "folder is deleted")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="stream-parity-"))
     repo = work / "triton_repo"
@@ -73,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| replay-to-last-score wall s | {summary.wall_s:,.1f} |")
     print(f"| events/s (features + scoring, strict) | {summary.events_per_s:,.0f} |")
     print(f"\nwritten to {RESULTS.relative_to(REPO_ROOT)}")
+    if args.keep_log is not None:
+        logs = sorted((settings.state_dir / "runs").glob("*/feature_log"))
+        if len(logs) != 1:
+            raise SystemExit(f"expected one run's feature log, found {len(logs)}; "
+                             f"nothing copied (kept {work})")
+        shutil.copytree(logs[0], args.keep_log, dirs_exist_ok=True)
+        print(f"feature log copied to {args.keep_log}")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if summary.skew_rows == 0 and summary.distinct == summary.produced else 1
 

@@ -1,0 +1,466 @@
+"""Benchmark: end-to-end scored events/s and latency of the live factory.
+
+    python -m bench.e2e [--events N] [--seconds S] [--rate R] [--quick]
+
+Starts its own Kafka, Redis and Triton (free ports, a temporary state folder), trains
+and publishes a model as the main job does (:func:`streams.job.ensure_first_model`, the
+recipe on a small simulated world), loads it, then streams the handbook's simulated
+transactions (the cached main dataset, in event-time order) with their labels, each
+label sent once the stream's event clock passes its ``known_at`` (as the replay
+producer does), to one labels worker and one scoring worker in **live** mode (scores at
+once, never waits for labels):
+
+1. **max rate**: ``--events`` transactions (and their due labels) are pre-filled before
+   the workers start; the rate is distinct scores per second from the first to the last
+   score on ``scores`` (the score records' Kafka timestamps);
+2. **latency**: then transactions are produced at a steady ``--rate`` (default half the
+   measured maximum), evenly spaced, for ``--seconds``; each one's latency is the Kafka
+   timestamp of its score minus the Kafka timestamp of the transaction (both CreateTime,
+   set when the message is produced: transaction by this benchmark, score by the worker,
+   so it includes the producer's linger, the broker, the worker's batching and the
+   whole scoring stage), and separately the score record's own ``latency_ms`` (the
+   worker's clock when the score is built minus the transaction's timestamp).
+
+Both workers' ``factory_stage_seconds`` (where the time goes) are collected per phase,
+with their CPU seconds. Writes ``bench/results/e2e.json`` and ``bench/results/e2e.png``
+(latency CDF, and the median by second: flat when the worker keeps up) and prints a
+table. Everything runs on this machine: the benchmark's own
+producer and the services share its cores with the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import numpy as np
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.local.base import free_port
+from infra.local.manager import Stack
+from streams.clients import producer, topic_end_offsets
+from streams.job import JobSize, ensure_first_model, load_model, reset_online_store, stage_seconds
+from streams.replay import Dataset, LabelSchedule
+from streams.settings import REPO_ROOT, Settings
+from streams.topics import LABELS, SCORES, TRANSACTIONS
+from streams.worker import WorkerProcess
+
+RESULTS = REPO_ROOT / "bench" / "results"
+CHUNK = 20_000
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, object]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "gpu": shutil.which("nvidia-smi") is not None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "confluent_kafka": confluent_kafka.__version__,
+        "librdkafka": confluent_kafka.libversion()[0],
+    }
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User and system CPU seconds of one live process."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Feed:
+    """Transactions of one dataset in order, each label once the event clock reaches it."""
+
+    def __init__(self, dataset: Dataset, bootstrap: str, settings: Settings) -> None:
+        self.dataset = dataset
+        assert dataset.is_fraud is not None
+        self.schedule = LabelSchedule.build(dataset.event_time, dataset.delay_s)
+        self.next_row = self.label_pos = self.labels_sent = 0
+        self.client = producer(bootstrap, settings, **{
+            "linger.ms": 5, "enable.idempotence": True,
+            "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
+        })
+
+    def _send(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+        produce = self.client.produce
+        for key, value in zip(keys, values, strict=True):
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    self.client.poll(0.01)
+        self.client.poll(0)
+
+    def send(self, end: int) -> None:
+        """Produce transactions ``next_row..end-1`` and the labels due by the last one."""
+        if end <= self.next_row:
+            return
+        self._send(TRANSACTIONS, *self.dataset.encode_transactions(self.next_row, end))
+        self.next_row = end
+        clock = int(self.dataset.event_time[end - 1])
+        label_end = self.schedule.due_end(self.label_pos, clock, end)
+        if label_end > self.label_pos:
+            rows = self.schedule.rows[self.label_pos:label_end]
+            self._send(LABELS, *self.dataset.encode_labels(rows))
+            self.labels_sent += label_end - self.label_pos
+            self.label_pos = label_end
+
+    def flush(self) -> None:
+        if self.client.flush(120) != 0:
+            raise RuntimeError("Kafka did not acknowledge every message within 120 s")
+
+    def prefill(self, end: int) -> float:
+        """Rows up to ``end`` as fast as possible; returns the seconds it took."""
+        began = time.monotonic()
+        for start in range(self.next_row, end, CHUNK):
+            self.send(min(end, start + CHUNK))
+            log(f"  pre-fill: {self.next_row:,} of {end:,} transactions, "
+                f"{self.labels_sent:,} labels")
+        self.flush()
+        return time.monotonic() - began
+
+    def paced(self, end: int, rate: float) -> float:
+        """Rows up to ``end`` at ``rate`` a second, evenly spaced; returns the seconds."""
+        start, began = self.next_row, time.monotonic()
+        shown = began
+        while self.next_row < end:
+            now = time.monotonic()
+            due = min(end, start + int((now - began) * rate) + 1)
+            if due > self.next_row:
+                self.send(due)
+            else:
+                self.client.poll(0)
+                time.sleep(min(0.002, max(0.0, (self.next_row - start) / rate - (now - began))))
+            if now - shown > 5:
+                shown = now
+                log(f"  paced: {self.next_row - start:,} of {end - start:,} at "
+                    f"{(self.next_row - start) / (now - began):,.0f}/s")
+        wall = time.monotonic() - began
+        self.flush()
+        return wall
+
+
+def read_back(bootstrap: str, settings: Settings, topic: str, start: dict[int, int],
+              wanted: int, timeout_s: float = 300.0) -> dict[int, tuple[int, float]]:
+    """The first ``(kafka timestamp ms, latency_ms or nan)`` of each tx_id from ``start``.
+
+    Reads until ``wanted`` distinct tx_ids are seen (or the topic's end at the call).
+    """
+    end = topic_end_offsets(bootstrap, settings, topic)
+    consumer = Consumer({**settings.kafka.client_config(bootstrap),
+                         "group.id": f"bench-e2e-{topic}-{time.monotonic_ns()}",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
+    remaining = sum(end[p] - o for p, o in start.items())
+    seen: dict[int, tuple[int, float]] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        while remaining > 0 and len(seen) < wanted and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=10_000, timeout=0.5):
+                if message.error():
+                    continue
+                remaining -= 1
+                kind, stamp = message.timestamp()
+                if kind != confluent_kafka.TIMESTAMP_CREATE_TIME:
+                    raise RuntimeError(f"{topic}: timestamps are not CreateTime ({kind})")
+                value = json.loads(message.value())
+                seen.setdefault(value["tx_id"], (stamp, value.get("latency_ms", np.nan)))
+    finally:
+        consumer.close()
+    return seen
+
+
+def wait_scored(workers: list[WorkerProcess], scorer: WorkerProcess, total: int,
+                timeout_s: float, logs: Path) -> None:
+    """Wait until the scoring worker's counter reaches ``total`` (cheap: no consumer)."""
+    deadline = time.monotonic() + timeout_s
+    shown = 0.0
+    while True:
+        if not all(w.alive() for w in workers):
+            raise SystemExit(f"a worker stopped; see {logs}/*-worker.log")
+        scored = scorer.metrics().get("factory_events_scored_total", 0.0)
+        if scored >= total:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {scored:,.0f} of {total:,} scored in {timeout_s:.0f} s")
+        if time.monotonic() - shown > 5:
+            shown = time.monotonic()
+            log(f"  {scored:,.0f} of {total:,} scored")
+        time.sleep(0.5)
+
+
+def batch_counts(scorer: WorkerProcess) -> tuple[int, float]:
+    """Micro-batches the scoring worker has read so far, and the events in them."""
+    samples = scorer.metrics()
+    return (int(samples.get("factory_batch_size_count", 0)),
+            samples.get("factory_batch_size_sum", 0.0))
+
+
+def percentiles(values: np.ndarray) -> dict[str, float]:
+    points = {"p50": 50, "p90": 90, "p99": 99, "p99_9": 99.9, "max": 100}
+    return {k: round(float(np.percentile(values, q)), 2) for k, q in points.items()} | {
+        "mean": round(float(values.mean()), 2)}
+
+
+def phase_stages(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
+
+
+def plot(e2e_ms: np.ndarray, record_ms: np.ndarray, p50_by_second: list[float], rate: float,
+         path: Path) -> None:
+    """Latency CDF of both measures, and the median by second of the phase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (axis, over_time) = plt.subplots(1, 2, figsize=(12, 4))
+    over_time.plot(np.arange(len(p50_by_second)), p50_by_second)
+    over_time.set_xlabel("second of the latency phase (transaction timestamp)")
+    over_time.set_ylabel("median latency, ms (Kafka timestamps)")
+    over_time.set_yscale("log")
+    over_time.grid(True, which="both", alpha=0.3)
+    over_time.set_title("Median by second: flat when the worker keeps up", fontsize=10)
+    for values, label in ((e2e_ms, "score append - transaction append (Kafka timestamps)"),
+                          (record_ms, "Score.latency_ms (worker clock)")):
+        ordered = np.sort(values)
+        axis.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=label)
+    axis.set_xscale("log")
+    axis.set_xlabel("latency, ms")
+    axis.set_ylabel("share of transactions")
+    axis.set_title(f"End-to-end latency at {rate:,.0f} events/s (live mode)", fontsize=10)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000,
+                        help="transactions pre-filled for the max-rate phase")
+    parser.add_argument("--seconds", type=float, default=60.0,
+                        help="duration of the steady-rate latency phase")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="events/s of the latency phase (default: half the max rate)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny run: 5,000 events, 15 s, a smaller training world")
+    parser.add_argument("--output", type=Path, default=RESULTS / "e2e.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.seconds = min(args.events, 5_000), min(args.seconds, 15.0)
+
+    from tests.models.conftest import MAIN_PARAMETERS, cached_simulation
+
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    repo = work / "triton_repo"
+    (repo / "fraud_detector").mkdir(parents=True)
+    shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
+                    repo / "fraud_detector" / "config.pbtxt")
+    settings = dataclasses.replace(
+        Settings.from_env(), state_dir=work / "state", kafka_port=free_port(),
+        kafka_controller_port=free_port(), redis_port=free_port(),
+        triton_http_port=free_port(), triton_grpc_port=free_port(),
+        triton_metrics_port=free_port(), prometheus_port=free_port(),
+        alertmanager_port=free_port(), worker_metrics_port=free_port(),
+    )
+    stack = Stack(settings, triton_repo=repo)
+    services = ["kafka", "redis", "triton"]
+    workers: list[WorkerProcess] = []
+    feed: Feed | None = None
+    began = time.monotonic()
+    try:
+        log("starting Kafka, Redis and Triton on free ports")
+        endpoints = stack.up(services, echo=False)
+        reset_online_store(endpoints.redis)
+        from models.trainer import frame_from_simulator
+
+        world = (200, 400) if args.quick else (500, 1000)
+        log(f"training the first model on a simulated world of {world[0]} cards")
+        version = ensure_first_model(repo, frame_from_simulator(*world, days=31), JobSize())
+        load_model(endpoints.triton, [version], repo=repo)
+
+        dataset = Dataset.from_frame(cached_simulation(MAIN_PARAMETERS))
+        if args.events >= len(dataset):
+            raise SystemExit(f"--events {args.events:,}: the dataset has {len(dataset):,}")
+        feed = Feed(dataset, endpoints.kafka, settings)
+        log(f"pre-filling {args.events:,} transactions and their due labels")
+        start_scores = topic_end_offsets(endpoints.kafka, settings, SCORES)
+        prefill_s = feed.prefill(args.events)
+        prefill_labels = feed.labels_sent
+
+        common = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)},
+                  "offset_reset": "earliest"}
+        workers = [
+            WorkerProcess(settings, "bench-e2e-labels", role="labels",
+                          extra_args=["--batch-wait", "0.5", "--batch-max", "4096"],
+                          log_path=str(work / "labels-worker.log"),
+                          metrics_port=free_port(), **common),
+            WorkerProcess(settings, "bench-e2e", role="score", mode="live",
+                          labels_group="bench-e2e-labels",
+                          feature_log=str(work / "feature_log"),
+                          log_path=str(work / "score-worker.log"),
+                          metrics_port=free_port(), **common),
+        ]
+        scorer = workers[1]
+        log("starting a labels worker and a scoring worker (live mode)")
+        started = time.monotonic()
+        for worker in workers:
+            worker.start(endpoints.kafka)
+        cpu0 = {w.role: process_cpu_seconds(w.proc.pid if w.proc else None) for w in workers}
+        wait_scored(workers, scorer, args.events, timeout_s=3600, logs=work)
+        backlog_wall = time.monotonic() - started
+        stages_a = stage_seconds(workers)
+        batches_a = batch_counts(scorer)
+        cpu_a = {w.role: process_cpu_seconds(w.proc.pid if w.proc else None) for w in workers}
+        scores_a = read_back(endpoints.kafka, settings, SCORES, start_scores, args.events)
+        stamps = np.array([s for s, _ in scores_a.values()], dtype=np.int64)
+        span_s = (stamps.max() - stamps.min()) / 1000
+        max_rate = len(scores_a) / span_s if span_s > 0 else float("nan")
+        log(f"max rate: {len(scores_a):,} scored in {span_s:.1f} s = {max_rate:,.0f} events/s")
+
+        rate = args.rate or round(0.5 * max_rate)
+        paced_rows = min(int(rate * args.seconds), len(dataset) - args.events)
+        start_tx = topic_end_offsets(endpoints.kafka, settings, TRANSACTIONS)
+        start_scores = topic_end_offsets(endpoints.kafka, settings, SCORES)
+        labels_before = feed.labels_sent
+        log(f"latency phase: {paced_rows:,} transactions at {rate:,.0f}/s for "
+            f"{args.seconds:.0f} s")
+        paced_s = feed.paced(args.events + paced_rows, rate)
+        wait_scored(workers, scorer, args.events + paced_rows, timeout_s=600, logs=work)
+        stages_b = stage_seconds(workers)
+        batches_b = batch_counts(scorer)
+        cpu_b = {w.role: process_cpu_seconds(w.proc.pid if w.proc else None) for w in workers}
+        transactions = read_back(endpoints.kafka, settings, TRANSACTIONS, start_tx, paced_rows)
+        scores_b = read_back(endpoints.kafka, settings, SCORES, start_scores, paced_rows)
+        common_ids = sorted(set(transactions) & set(scores_b))
+        sent_ms = np.array([transactions[t][0] for t in common_ids], float)
+        e2e_ms = np.array([scores_b[t][0] for t in common_ids], float) - sent_ms
+        record_ms = np.array([scores_b[t][1] for t in common_ids], float)
+        second = ((sent_ms - sent_ms.min()) // 1000).astype(np.int64)
+        p50_by_second = [round(float(np.median(e2e_ms[second == i])), 1)
+                         for i in range(int(second.max()) + 1) if (second == i).any()]
+        log(f"latency: p50 {np.percentile(e2e_ms, 50):.1f} ms, "
+            f"p99 {np.percentile(e2e_ms, 99):.1f} ms over {len(e2e_ms):,} transactions")
+    finally:
+        for worker in workers:
+            worker.stop()
+        labels_total = feed.labels_sent if feed is not None else 0
+        # The producer goes before the broker, or librdkafka logs its reconnect attempts.
+        feed = None
+        stack.down(services, echo=False)
+
+    def cpu(after: dict[str, float | None], before: dict[str, float | None]) -> dict:
+        return {k: round(v - (before[k] or 0.0), 2) if v is not None else None
+                for k, v in after.items()}
+
+    report: dict[str, Any] = {
+        "benchmark": "end to end, live mode: one labels worker, one scoring worker",
+        "command": "python -m bench.e2e " + " ".join(argv if argv is not None
+                                                      else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick,
+        "partitions": settings.partitions,
+        "data": "handbook main simulation (5,000 cards, 10,000 terminals), first rows "
+                "in event-time order, labels sent when the event clock passes known_at",
+        "max_rate": {
+            "events": args.events, "labels_prefilled": prefill_labels,
+            "prefill_s": round(prefill_s, 2), "scored_distinct": len(scores_a),
+            "first_to_last_score_s": round(span_s, 3),
+            "events_per_s": round(max_rate, 1),
+            "worker_start_to_last_score_s": round(backlog_wall, 2),
+            "stage_seconds": stages_a, "worker_cpu_s": cpu(cpu_a, cpu0),
+            "micro_batches": batches_a[0],
+            "mean_batch": round(batches_a[1] / batches_a[0], 1) if batches_a[0] else None,
+        },
+        "latency": {
+            "target_rate": rate, "rate_source": "--rate" if args.rate else "0.5 x max rate",
+            "events": paced_rows, "labels": labels_total - labels_before,
+            "produce_s": round(paced_s, 2),
+            "achieved_rate": round(paced_rows / paced_s, 1) if paced_s else None,
+            "matched": len(common_ids),
+            "kafka_timestamps_ms": percentiles(e2e_ms),
+            "score_record_latency_ms": percentiles(record_ms),
+            "kafka_timestamps_p50_ms_by_second": p50_by_second,
+            "stage_seconds": phase_stages(stages_b, stages_a),
+            "worker_cpu_s": cpu(cpu_b, cpu_a),
+            "micro_batches": batches_b[0] - batches_a[0],
+            "mean_batch": (round((batches_b[1] - batches_a[1]) / (batches_b[0] - batches_a[0]), 1)
+                           if batches_b[0] > batches_a[0] else None),
+        },
+        "total_wall_s": round(time.monotonic() - began, 1),
+        "machine": machine(),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    plot(e2e_ms, record_ms, p50_by_second, rate, args.output.with_suffix(".png"))
+    print_table(report, args.output)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if len(scores_a) >= args.events and len(common_ids) == paced_rows else 1
+
+
+def print_table(report: dict[str, Any], output: Path) -> None:
+    a, b = report["max_rate"], report["latency"]
+    k, r = b["kafka_timestamps_ms"], b["score_record_latency_ms"]
+    print("\n| figure | value |\n|---|---|")
+    print(f"| max rate: transactions pre-filled (labels) | {a['events']:,} "
+          f"({a['labels_prefilled']:,}) |")
+    print(f"| max rate: scored events/s, first to last score | {a['events_per_s']:,.0f} |")
+    print(f"| max rate: worker start to last score, s | {a['worker_start_to_last_score_s']} |")
+    print(f"| latency phase: rate asked / achieved, events/s | {b['target_rate']:,.0f} / "
+          f"{b['achieved_rate']:,.0f} |")
+    print(f"| latency phase: transactions scored / sent | {b['matched']:,} / {b['events']:,} |")
+    print(f"| latency, Kafka timestamps: p50 / p99 / max ms | {k['p50']} / {k['p99']} / "
+          f"{k['max']} |")
+    print(f"| latency, Score.latency_ms: p50 / p99 / max ms | {r['p50']} / {r['p99']} / "
+          f"{r['max']} |")
+    by_second = b["kafka_timestamps_p50_ms_by_second"]
+    tenth = max(1, len(by_second) // 10)
+    print(f"| median latency, first / last tenth of the phase, ms | "
+          f"{np.median(by_second[:tenth]):.1f} / {np.median(by_second[-tenth:]):.1f} |")
+    print("\n| stage (worker:stage) | max-rate phase s | latency phase s |\n|---|---|---|")
+    for name in sorted(a["stage_seconds"], key=lambda n: -a["stage_seconds"][n]):
+        print(f"| {name} | {a['stage_seconds'][name]:.2f} | "
+              f"{b['stage_seconds'].get(name, 0.0):.2f} |")
+    print(f"| score: micro-batches (mean events) | {a['micro_batches']:,} ({a['mean_batch']}) | "
+          f"{b['micro_batches']:,} ({b['mean_batch']}) |")
+    for role in a["worker_cpu_s"]:
+        print(f"| {role} worker CPU s | {a['worker_cpu_s'][role]} | "
+              f"{b['worker_cpu_s'][role]} |")
+    info = report["machine"]
+    print(f"\n{info['cpu']} ({info['cpus']} CPUs, load {info['load_average_1m']}); "
+          f"results in {output} and {output.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
