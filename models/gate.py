@@ -77,6 +77,7 @@ class GateConfig:
     latency_p99_ms: float = 50.0
     latency_repeats: int = 200
     latency_threads: int = 1
+    latency_ratio: float | None = 1.5
     ece_max: float | None = 0.02
     ratio_bounds: tuple[float, float] | None = (0.5, 2.0)
     calibration_bins: int = 10
@@ -120,6 +121,7 @@ class GateReport:
     champion_card_precision_at_100: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    champion_latency_p99_ms: float | None = None
     ece: float | None = None
     predicted_mean: float | None = None
     observed_rate: float | None = None
@@ -186,7 +188,8 @@ def evaluate_gate(
         if challenger_torch is not None:
             _parity(challenger_torch, features, scores, config, report)
         _quality(scores, window, model, champion, config, report)
-        _latency(Path(challenger_onnx), model, features, config, report)
+        _latency(Path(challenger_onnx), model, features, config, report,
+                 champion if isinstance(champion, (str, Path)) else None)
         _calibration(scores, window.labels, config, report)
         report.passed = not report.reasons
     report.seconds = time.perf_counter() - started
@@ -296,22 +299,38 @@ def _quality(
 
 
 def _latency(
-    path: Path, model: ModelConfig, features: np.ndarray, config: GateConfig, report: GateReport
+    path: Path, model: ModelConfig, features: np.ndarray, config: GateConfig, report: GateReport,
+    champion: str | Path | None = None,
 ) -> None:
-    session = _session(path, config.latency_threads)
+    """p99 of the challenger; with a champion graph, measured alternately with it.
+
+    On a shared machine the absolute budget alone judges the load as much as the model;
+    a challenger at most ``latency_ratio`` times the champion's p99, measured in the same
+    moments, passes too.
+    """
     batch = {model.input.name: np.resize(features, (config.latency_rows, features.shape[1]))}
-    for _ in range(10):
-        session.run([model.output.name], batch)
-    times = []
+    sessions = [_session(path, config.latency_threads)]
+    if champion is not None and config.latency_ratio is not None:
+        sessions.append(_session(Path(champion), config.latency_threads))
+    for session in sessions:
+        for _ in range(10):
+            session.run([model.output.name], batch)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(config.latency_repeats):
-        start = time.perf_counter()
-        session.run([model.output.name], batch)
-        times.append((time.perf_counter() - start) * 1000.0)
-    p50, p99 = np.percentile(times, [50, 99])
+        for session, taken in zip(sessions, times, strict=True):
+            start = time.perf_counter()
+            session.run([model.output.name], batch)
+            taken.append((time.perf_counter() - start) * 1000.0)
+    p50, p99 = np.percentile(times[0], [50, 99])
     report.latency_p50_ms, report.latency_p99_ms = float(p50), float(p99)
-    report.check("latency", report.latency_p99_ms <= config.latency_p99_ms,
+    budget = config.latency_p99_ms
+    if len(times) > 1:
+        champion_p99 = float(np.percentile(times[1], 99))
+        report.champion_latency_p99_ms = champion_p99
+        budget = max(budget, champion_p99 * float(config.latency_ratio or 1.0))
+    report.check("latency", report.latency_p99_ms <= budget,
                  f"p99 {report.latency_p99_ms:.2f} ms for {config.latency_rows} rows on "
-                 f"{config.latency_threads} thread(s), budget {config.latency_p99_ms:g} ms")
+                 f"{config.latency_threads} thread(s), budget {budget:.3g} ms")
 
 
 def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:

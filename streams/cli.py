@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--terminals", type=int, default=None,
                      help="terminals (default 2000; 1000 with --no-loop)")
     run.add_argument("--days", type=int, default=None,
-                     help="simulated days (default 70; 45 with --no-loop, at least 45)")
-    run.add_argument("--drift", default="card_testing:start=42,days=28,intensity=10",
+                     help="simulated days (default 84; 45 with --no-loop, at least 45)")
+    run.add_argument("--drift", default="card_testing:start=42,days=42,intensity=10",
                      help="drift scenario KIND:start=D,days=N,intensity=X, or 'none'")
     run.add_argument("--seconds-per-day", type=float, default=4.0,
                      help="wall seconds an event day takes in the replay")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             from streams.loop import LoopSize, run_loop
 
             loop = LoopSize(customers=args.customers or 1000,
-                            terminals=args.terminals or 2000, days=args.days or 70,
+                            terminals=args.terminals or 2000, days=args.days or 84,
                             drift=args.drift, seconds_per_day=args.seconds_per_day)
             run_loop(loop, keep_up=args.keep_up)
             return 0

@@ -142,3 +142,27 @@ def topic_end_offsets(bootstrap: str, settings: Settings, topic: str) -> dict[in
         }
     finally:
         consumer.close()
+
+
+def pin_new_group(bootstrap: str, settings: Settings, group: str, topic: str) -> bool:
+    """Commit ``topic``'s current end offsets for ``group`` unless it has committed ones.
+
+    A new group told to start at the latest offset resolves "latest" only when its
+    consumer first fetches, which can be after events produced meanwhile; pinned
+    offsets make "latest" mean the moment before the worker starts. Returns whether
+    offsets were committed.
+    """
+    consumer = Consumer({**settings.kafka.client_config(bootstrap), "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        partitions = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
+        committed = consumer.committed(partitions, timeout=10)
+        if any(tp.offset >= 0 for tp in committed):
+            return False
+        ends = [TopicPartition(topic, tp.partition,
+                               consumer.get_watermark_offsets(tp, timeout=10)[1])
+                for tp in partitions]
+        consumer.commit(offsets=ends, asynchronous=False)
+        return True
+    finally:
+        consumer.close()

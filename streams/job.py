@@ -156,8 +156,9 @@ def _wait_for_scores(kafka: str, settings: Settings, start: dict[int, int], want
         checked = len(received)
         return wanted <= seen
 
-    return consume(kafka, settings, SCORES, until=done, start=start, timeout_s=1800,
-                   progress="scores")
+    # A full-size strict replay runs for an hour on a small machine: allow 10 ms an event.
+    return consume(kafka, settings, SCORES, until=done, start=start,
+                   timeout_s=max(1800.0, 0.01 * len(wanted)), progress="scores")
 
 
 def summarise(frame: pd.DataFrame, scores: list[Score], feature_log: Path, wall: float,
@@ -178,6 +179,9 @@ def summarise(frame: pd.DataFrame, scores: list[Score], feature_log: Path, wall:
                        atol=1e-6).all(axis=1)
     days = frame["TX_TIME_DAYS"].to_numpy()
     test = frame[(days >= size.test_days[0]) & (days < size.test_days[1])]
+    missing = len(set(frame["TRANSACTION_ID"].tolist()) - distinct.keys())
+    if missing:
+        raise RuntimeError(f"{missing:,} transactions were not scored before the wait ended")
     quality = assess(test, np.array([distinct[t].score for t in test["TRANSACTION_ID"]]))
     return Summary(
         produced=len(frame), scored=len(scores), distinct=len(distinct),

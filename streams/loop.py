@@ -42,10 +42,13 @@ class LoopSize:
 
     customers: int = 1000
     terminals: int = 2000
-    days: int = 70
-    drift: str = "card_testing:start=42,days=28,intensity=10"
+    days: int = 84
+    drift: str = "card_testing:start=42,days=42,intensity=10"
     first_model_end_day: int = 35
     seconds_per_day: float = 4.0
+    gate_days: int = 2
+    valid_days: int = 2
+    retrain_epochs: int = 10
     seed: int = 0
 
 
@@ -66,7 +69,7 @@ def drift_start_day(size: LoopSize) -> int:
         return size.days
     from models.drift import DriftSpec
 
-    return int(DriftSpec.parse(size.drift).start)
+    return int(DriftSpec.parse(size.drift).start_day)
 
 
 def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
@@ -93,6 +96,7 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
     settings = settings or Settings.from_env()
     run_dir = settings.state_dir / "runs" / f"loop-{run_id}"
     run_dir.mkdir(parents=True)
+    _log_retrainer(run_dir / "retrainer.log")
     settings = dataclasses.replace(settings, registry_dir=run_dir / "registry")
     stack = Stack(settings, triton_repo=triton_repo)
     already = {name for name, state in stack.status().items() if state == "up"}
@@ -145,8 +149,14 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         scores_start = topic_end_offsets(endpoints.kafka, settings, SCORES)
         events_start = topic_end_offsets(endpoints.kafka, settings, MODEL_EVENTS)
         labels_start = topic_end_offsets(endpoints.kafka, settings, LABELS)
-        config = RetrainerConfig(feature_log=run_dir / "feature_log", repo_dir=triton_repo,
-                                 recipe=DEFAULT_RECIPE)
+        # Labels arrive a week late: short gate and validation windows let the first
+        # days after a drift reach training a few days sooner. Warm starts need fewer
+        # epochs than a first model.
+        config = RetrainerConfig(
+            feature_log=run_dir / "feature_log", repo_dir=triton_repo,
+            gate_days=size.gate_days, valid_days=size.valid_days,
+            recipe=dataclasses.replace(DEFAULT_RECIPE, max_epochs=size.retrain_epochs,
+                                       patience=2))
         retrainer = connect(config, settings, kafka=endpoints.kafka,
                             redis_url=endpoints.redis, triton_url=endpoints.triton,
                             labels_group=f"loop-{run_id}-retrainer",
@@ -218,8 +228,27 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
             stack.down([n for n in stack.services if n not in already])
 
 
+def _log_retrainer(path: Path) -> None:
+    """The retrainer's log to the run folder; its decisions on the console too."""
+    import logging
+
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                  "%H:%M:%S")
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(formatter)
+    to_console = logging.StreamHandler()
+    to_console.setFormatter(formatter)
+    to_console.setLevel(logging.INFO)
+    for name in ("streams.retrainer", "streams.swap", "streams.champion",
+                 "streams.model_events"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(to_file)
+        logger.addHandler(to_console)
+
+
 def _wait_for(kafka: str, settings: Settings, start: dict[int, int], wanted: set[int],
-              workers: list[WorkerProcess], timeout_s: float = 1800) -> list:
+              workers: list[WorkerProcess], timeout_s: float | None = None) -> list:
     seen: set[int] = set()
     checked = 0
 
@@ -232,5 +261,9 @@ def _wait_for(kafka: str, settings: Settings, start: dict[int, int], wanted: set
             raise RuntimeError("a worker stopped; see its log in the run folder")
         return seen >= wanted
 
-    return consume(kafka, settings, SCORES, until=done, start=start, timeout_s=timeout_s,
-                   progress="scores")
+    received = consume(kafka, settings, SCORES, until=done, start=start,
+                       timeout_s=timeout_s or max(1800.0, 0.01 * len(wanted)),
+                       progress="scores")
+    if not seen >= wanted:
+        raise RuntimeError(f"{len(wanted - seen):,} transactions were not scored in time")
+    return received

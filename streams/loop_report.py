@@ -151,10 +151,8 @@ def plot_loop(frame: pd.DataFrame, frozen_scores: np.ndarray, drift_start_day: i
                   label="first model frozen")
         axis.set_ylabel(name)
         axis.axvline(drift_start_day, color="crimson", linewidth=1, label="drift starts")
-        for event in events:
-            if event.get("event") == "promoted" and event.get("event_time"):
-                day = float(event["event_time"]) / DAY - origin
-                axis.axvline(day, color="green", linestyle=":", linewidth=1)
+        for _, first, _ in version_spans(frame)[1:]:
+            axis.axvline(first, color="green", linestyle=":", linewidth=1)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower left")
     for version, first, last in version_spans(frame):

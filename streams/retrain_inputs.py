@@ -155,10 +155,9 @@ class LabelFeed:
     def poll(self, max_messages: int = 200_000, timeout_s: float = 0.2) -> list[Label]:
         """The labels that arrived since the last call (at most ``max_messages``)."""
         labels: list[Label] = []
+        chunk = 10_000
         while len(labels) < max_messages:
-            batch = self.consumer.consume(num_messages=10_000, timeout=timeout_s)
-            if not batch:
-                break
+            batch = self.consumer.consume(num_messages=chunk, timeout=timeout_s)
             for message in batch:
                 if message.error():
                     continue
@@ -166,6 +165,10 @@ class LabelFeed:
                     labels.append(Label.parse(message.value()))
                 except ValidationError:
                     self.invalid += 1
+            # A short batch means the backlog is read: return rather than follow a
+            # stream that keeps arriving, or the step would never end.
+            if len(batch) < chunk:
+                break
         return labels
 
     def close(self) -> None:

@@ -134,6 +134,19 @@ class WorkerProcess:
                 *(["--labels-group", self.labels_group] if self.labels_group else []),
                 *(["--feature-log", self.feature_log] if self.feature_log else []),
                 *self.extra_args]
+        from streams.topics import LABELS, TRANSACTIONS
+
+        topic = LABELS if self.role == "labels" else TRANSACTIONS
+        if self.offset_reset == "latest":
+            # "latest" for a new group means now, not whenever its consumer first fetches.
+            from streams.clients import pin_new_group
+            from streams.topics import ensure_topics
+
+            ensure_topics(self.settings, bootstrap)
+            inputs = {"score": [TRANSACTIONS], "labels": [LABELS]}.get(
+                self.role, [TRANSACTIONS, LABELS])
+            for name in inputs:
+                pin_new_group(bootstrap, self.settings, self.app_id, name)
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             argv, cwd=REPO_ROOT,
@@ -148,11 +161,8 @@ class WorkerProcess:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker not ready within {timeout_s:.0f} s")
             time.sleep(0.25)
-        from streams.topics import LABELS, TRANSACTIONS
-
         wait_for_group(bootstrap, self.settings, self.app_id, self.proc,
-                       max(5.0, deadline - time.monotonic()),
-                       topic=LABELS if self.role == "labels" else TRANSACTIONS)
+                       max(5.0, deadline - time.monotonic()), topic=topic)
 
     def metrics(self) -> dict[str, float]:
         """The worker's Prometheus samples (name with labels -> value); empty when down."""
