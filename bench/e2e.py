@@ -31,10 +31,7 @@ producer and the services share its cores with the workers.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -46,6 +43,19 @@ import confluent_kafka
 import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.common import (
+    STACK_PORTS,
+    command_line,
+    handbook_frame,
+    isolated_settings,
+    kafka_versions,
+    log,
+    machine_info,
+    model_repository,
+    process_cpu_seconds,
+    utc_date,
+    write_report,
+)
 from infra.local.base import free_port
 from infra.local.manager import Stack
 from streams.clients import producer, topic_end_offsets
@@ -57,42 +67,6 @@ from streams.worker import WorkerProcess
 
 RESULTS = REPO_ROOT / "bench" / "results"
 CHUNK = 20_000
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def machine() -> dict[str, object]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "gpu": shutil.which("nvidia-smi") is not None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka.__version__,
-        "librdkafka": confluent_kafka.libversion()[0],
-    }
-
-
-def process_cpu_seconds(pid: int | None) -> float | None:
-    """User and system CPU seconds of one live process."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Feed:
@@ -280,20 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.events, args.seconds = min(args.events, 5_000), min(args.seconds, 15.0)
 
-    from tests.models.conftest import MAIN_PARAMETERS, cached_simulation
-
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    repo = work / "triton_repo"
-    (repo / "fraud_detector").mkdir(parents=True)
-    shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
-                    repo / "fraud_detector" / "config.pbtxt")
-    settings = dataclasses.replace(
-        Settings.from_env(), state_dir=work / "state", kafka_port=free_port(),
-        kafka_controller_port=free_port(), redis_port=free_port(),
-        triton_http_port=free_port(), triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(), prometheus_port=free_port(),
-        alertmanager_port=free_port(), worker_metrics_port=free_port(),
-    )
+    repo = model_repository(work / "triton_repo")
+    settings = isolated_settings(work / "state", STACK_PORTS)
     stack = Stack(settings, triton_repo=repo)
     services = ["kafka", "redis", "triton"]
     workers: list[WorkerProcess] = []
@@ -310,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         version = ensure_first_model(repo, frame_from_simulator(*world, days=31), JobSize())
         load_model(endpoints.triton, [version], repo=repo)
 
-        dataset = Dataset.from_frame(cached_simulation(MAIN_PARAMETERS))
+        dataset = Dataset.from_frame(handbook_frame())
         if args.events >= len(dataset):
             raise SystemExit(f"--events {args.events:,}: the dataset has {len(dataset):,}")
         feed = Feed(dataset, endpoints.kafka, settings)
@@ -386,9 +349,8 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {
         "benchmark": "end to end, live mode: one labels worker, one scoring worker",
-        "command": "python -m bench.e2e " + " ".join(argv if argv is not None
-                                                      else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": command_line("bench.e2e", argv),
+        "date": utc_date(),
         "quick": args.quick,
         "partitions": settings.partitions,
         "data": "handbook main simulation (5,000 cards, 10,000 terminals), first rows "
@@ -419,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
                            if batches_b[0] > batches_a[0] else None),
         },
         "total_wall_s": round(time.monotonic() - began, 1),
-        "machine": machine(),
+        "machine": machine_info(gpu=shutil.which("nvidia-smi") is not None,
+                                **kafka_versions()),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.output, report)
     plot(e2e_ms, record_ms, p50_by_second, rate, args.output.with_suffix(".png"))
     print_table(report, args.output)
     shutil.rmtree(work, ignore_errors=True)

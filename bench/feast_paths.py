@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import machine_info, utc_date, write_report
 from infra.local.base import free_port, port_is_open
 from streams.settings import REPO_ROOT
 
@@ -63,28 +61,16 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def machine() -> dict[str, object]:
+    """The host, and the versions of Feast, redis-py and redis-server."""
     import feast
     import redis
 
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "feast": feast.__version__,
-        "redis_py": redis.__version__,
-        "redis_server": server.stdout.split()[2] if server.returncode == 0 else "unknown",
-    }
+    return machine_info(
+        feast=feast.__version__,
+        redis_py=redis.__version__,
+        redis_server=server.stdout.split()[2] if server.returncode == 0 else "unknown",
+    )
 
 
 def timed(call: Callable[[], object], min_time: float,
@@ -200,13 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {
         "benchmark": "Feast SDK against the fast path on its Redis layout",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": utc_date(),
         "min_time_s": args.min_time, "label_array_elements": args.labels,
         "skip_dedup": skip_dedup,
         "machine": machine(), "runs": results,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.output, report)
 
     header = f"{'operation':<22} {'batch':>6} {'SDK us/row':>11} {'fast us/row':>12} " \
              f"{'SDK CPU':>8} {'fast CPU':>9} {'SDK ms/call':>12} {'fast ms/call':>13} " \

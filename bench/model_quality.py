@@ -49,6 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.common import handbook_frame, simulated_world  # noqa: E402
 from models.evaluation import (  # noqa: E402
     evaluate_prequential,
     prequential_start,
@@ -75,21 +76,6 @@ BOOK_BEST: dict[str, tuple[float, str]] = {
 
 BOOK_FFNN = {"auc_roc": 0.876, "average_precision": 0.675, "card_precision_at_k": 0.303}
 """The handbook's feed-forward network, best-validation parameters."""
-
-
-def handbook_frame() -> pd.DataFrame:
-    """The handbook's main dataset from the test cache (simulated and stored when missing)."""
-    from tests.models.conftest import MAIN_PARAMETERS, cached_simulation
-
-    return cached_simulation(MAIN_PARAMETERS)
-
-
-def simulated_world(customers: int, terminals: int, days: int) -> pd.DataFrame:
-    """The simulated table a stream run of this size replayed (cached like the handbook's)."""
-    from tests.models.conftest import MAIN_PARAMETERS, cached_simulation
-
-    return cached_simulation({**MAIN_PARAMETERS, "n_customers": customers,
-                              "n_terminals": terminals, "nb_days": days})
 
 
 def feature_log_frame(

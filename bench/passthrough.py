@@ -31,11 +31,6 @@ benchmark's topics are deleted afterwards.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import os
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -43,12 +38,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from infra.local.base import free_port
+from bench.common import (
+    KAFKA_PORTS,
+    delete_topics,
+    group_cpu_seconds,
+    isolated_settings,
+    kafka_versions,
+    machine_info,
+    thread_cpu_seconds,
+    utc_date,
+    write_report,
+)
 from infra.local.manager import Stack
 from streams.replay import Dataset
 from streams.settings import REPO_ROOT, Settings
@@ -56,44 +60,6 @@ from streams.settings import REPO_ROOT, Settings
 RESULTS = REPO_ROOT / "bench" / "results" / "passthrough.json"
 MODES = ("free", "flush-per-batch")
 CHUNK = 50_000
-
-
-def machine() -> dict[str, object]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka.__version__,
-        "librdkafka": confluent_kafka.libversion()[0],
-    }
-
-
-def group_cpu_seconds(pgid: int | None) -> float | None:
-    """User and system CPU seconds of every live process in the process group ``pgid``."""
-    if pgid is None:
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
 
 
 def synthetic_transactions(n: int, seed: int = 0) -> Dataset:
@@ -179,7 +145,7 @@ def run_once(config: dict[str, str], source: str, sink: str, n: int, mode: str,
         if first is None:
             first = time.perf_counter()
             cpu0, broker0 = time.process_time(), group_cpu_seconds(broker_pgid) or 0.0
-            thread0 = _thread_cpu()
+            thread0 = thread_cpu_seconds()
         for message in messages:
             if message.error() is not None:
                 if message.error().code() == KafkaError._PARTITION_EOF:
@@ -208,7 +174,7 @@ def run_once(config: dict[str, str], source: str, sink: str, n: int, mode: str,
     consumer.commit(asynchronous=False)
     commits += 1
     ended = time.perf_counter()
-    cpu, thread = time.process_time() - cpu0, _thread_cpu() - thread0
+    cpu, thread = time.process_time() - cpu0, thread_cpu_seconds() - thread0
     broker = group_cpu_seconds(broker_pgid)
     written = topic_messages(consumer, sink)
     consumer.close()
@@ -229,11 +195,6 @@ def run_once(config: dict[str, str], source: str, sink: str, n: int, mode: str,
         "mean_batch": round(consumed / batches, 1),
         "commits": commits,
     }
-
-
-def _thread_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_THREAD)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,9 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         stack = None
         try:
             if bootstrap is None:
-                settings = dataclasses.replace(base, state_dir=Path(state),
-                                               kafka_port=free_port(),
-                                               kafka_controller_port=free_port())
+                settings = isolated_settings(Path(state), KAFKA_PORTS, base=base)
                 stack = Stack(settings)
                 print("starting a Kafka broker ...", file=sys.stderr, flush=True)
                 bootstrap = stack.up(["kafka"], echo=False).kafka
@@ -287,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             if stack is not None:
                 stack.down(["kafka"], echo=False)
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.output, report)
     print_table(report, args.output)
     bad = [r["mode"] for r in report["runs"] if r["output_messages"] != r["events"]]
     if bad:
@@ -317,16 +275,12 @@ def measure(settings: Settings, bootstrap: str, partitions: int, modes: list[str
             print(f"  {mode} #{repeat}: {run['events_per_s']:,} events/s", file=sys.stderr,
                   flush=True)
     finally:
-        for future in admin.delete_topics([source, *sinks.values()]).values():
-            try:
-                future.result()
-            except Exception:  # noqa: BLE001 - a topic left behind is not a result
-                pass
+        delete_topics(admin, [source, *sinks.values()])
     return {
         "benchmark": "pass-through: confluent-kafka consume then produce, no work",
         "bootstrap": bootstrap,
         "broker": "started by the benchmark" if broker_pgid is not None else "external",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": utc_date(),
         "quick": args.quick,
         "settings": {
             "events": args.events, "partitions": partitions,
@@ -337,7 +291,7 @@ def measure(settings: Settings, bootstrap: str, partitions: int, modes: list[str
             "enable_auto_commit": False,
         },
         "prefill_s": round(fill_s, 3),
-        "machine": machine(),
+        "machine": machine_info(**kafka_versions()),
         "runs": runs,
     }
 

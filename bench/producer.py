@@ -15,11 +15,6 @@ librdkafka, whose own threads compress and send), which is what one core sustain
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import os
-import platform
-import resource
 import sys
 import tempfile
 import time
@@ -27,46 +22,24 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
+from bench.common import (
+    delete_topics,
+    handbook_frame,
+    isolated_settings,
+    kafka_versions,
+    machine_info,
+    thread_cpu_seconds,
+    utc_date,
+    write_report,
+)
 from streams.producer import ReplayOptions, ensure_replay_topics, replay, resolve_bootstrap
 from streams.replay import Dataset
 from streams.settings import REPO_ROOT, Settings
 
 RESULTS = REPO_ROOT / "bench" / "results" / "producer.json"
-
-
-def handbook_frame(rows: int | None) -> pd.DataFrame:
-    """The handbook's main dataset from the test cache (simulated and stored when missing)."""
-    from tests.models.conftest import MAIN_PARAMETERS, cached_simulation
-
-    frame = cached_simulation(MAIN_PARAMETERS)
-    return frame if rows is None else frame.head(rows).reset_index(drop=True)
-
-
-def machine() -> dict[str, object]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "confluent_kafka": confluent_kafka.__version__,
-        "librdkafka": confluent_kafka.libversion()[0],
-        "numpy": np.__version__,
-        "pyarrow": pa.__version__,
-    }
 
 
 def run_once(dataset: Dataset, bootstrap: str, settings: Settings, labels: bool) -> dict[str, Any]:
@@ -78,21 +51,14 @@ def run_once(dataset: Dataset, bootstrap: str, settings: Settings, labels: bool)
                             labels_topic=f"bench-labels-{tag}")
     ensure_replay_topics(settings, bootstrap, [options.transactions_topic, options.labels_topic])
     try:
-        cpu_before = resource.getrusage(resource.RUSAGE_THREAD)
+        thread_before = thread_cpu_seconds()
         process_before = time.process_time()
         report = replay(dataset, bootstrap, settings, options)
-        cpu_after = resource.getrusage(resource.RUSAGE_THREAD)
-        main_cpu = ((cpu_after.ru_utime + cpu_after.ru_stime)
-                    - (cpu_before.ru_utime + cpu_before.ru_stime))
+        main_cpu = thread_cpu_seconds() - thread_before
         process_cpu = time.process_time() - process_before
     finally:
         admin = AdminClient({**settings.kafka.client_config(bootstrap), "log_level": 0})
-        for future in admin.delete_topics(
-                [options.transactions_topic, options.labels_topic]).values():
-            try:
-                future.result()
-            except Exception:  # noqa: BLE001 - a topic left behind is not a result
-                pass
+        delete_topics(admin, [options.transactions_topic, options.labels_topic])
     return {
         "mode": "transactions + labels" if labels else "transactions only",
         "rows": report.sent,
@@ -124,15 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as state:
         # Checkpoints of benchmark runs stay out of the factory's state folder.
-        settings = dataclasses.replace(base, state_dir=Path(state))
+        settings = isolated_settings(Path(state), base=base)
         for labels in (True, False) if args.no_labels_run else (True,):
             results.append(run_once(dataset, bootstrap, settings, labels))
 
     report: dict[str, Any] = {"benchmark": "replay producer, --speed max", "bootstrap": bootstrap,
-              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": machine(), "runs": results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+              "date": utc_date(),
+              "machine": machine_info(**kafka_versions(), numpy=np.__version__,
+                                      pyarrow=pa.__version__),
+              "runs": results}
+    write_report(args.output, report)
 
     header = f"{'mode':<22} {'rows':>10} {'messages':>10} {'wall s':>8} {'tx/s':>9} " \
              f"{'msg/s':>9} {'tx/CPU-s (main thread)':>23}"

@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.local.base import free_port
+from bench.common import STACK_PORTS, isolated_settings, model_repository
 from streams.job import JobSize, run
-from streams.settings import REPO_ROOT, Settings
+from streams.settings import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results" / "stream_parity.json"
 
@@ -43,18 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                              "folder is deleted")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="stream-parity-"))
-    repo = work / "triton_repo"
-    (repo / "fraud_detector").mkdir(parents=True)
-    shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
-                    repo / "fraud_detector" / "config.pbtxt")
-    settings = dataclasses.replace(
-        Settings.from_env(), state_dir=work / "state", kafka_port=free_port(),
-        kafka_controller_port=free_port(), redis_port=free_port(),
-        triton_http_port=free_port(), triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(), prometheus_port=free_port(),
-        alertmanager_port=free_port(),
-        worker_metrics_port=free_port(),
-    )
+    repo = model_repository(work / "triton_repo")
+    settings = isolated_settings(work / "state", STACK_PORTS)
     size = JobSize(args.customers, args.terminals, args.days,
                    test_days=(args.days - 7, args.days))
     began = time.monotonic()

@@ -37,10 +37,6 @@ import argparse
 import asyncio
 import ctypes
 import dataclasses
-import json
-import os
-import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -51,7 +47,14 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from infra.local.base import free_port
+from bench.common import (
+    group_cpu_seconds,
+    isolated_settings,
+    machine_info,
+    model_repository,
+    utc_date,
+    write_report,
+)
 from infra.local.manager import Stack
 from models.triton_config import MODEL_NAME, ModelConfig, read_model_config
 from streams.settings import REPO_ROOT, KafkaSettings, Settings
@@ -85,47 +88,17 @@ def gpu_present() -> bool:
     return count.value > 0
 
 
-def group_cpu_seconds(pgid: int | None) -> float | None:
-    """User and system CPU seconds of every live process in the process group ``pgid``."""
-    if pgid is None:
-        return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
 def machine() -> dict[str, object]:
+    """The host, whether it has a GPU, and the inference libraries' versions."""
     from importlib.metadata import version
 
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "gpu_present": gpu_present(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "onnxruntime_providers_available": ort.get_available_providers(),
-        "tritonclient": version("tritonclient"),
-        "numpy": np.__version__,
-    }
+    return machine_info(
+        gpu_present=gpu_present(),
+        onnxruntime=ort.__version__,
+        onnxruntime_providers_available=ort.get_available_providers(),
+        tritonclient=version("tritonclient"),
+        numpy=np.__version__,
+    )
 
 
 def build_model(kind: ModelKind, n_features: int) -> tuple[Any, dict[str, Any]]:
@@ -159,9 +132,7 @@ def publish_model(repo: Path, n_features: int, kind: ModelKind) -> tuple[Path, d
     """An untrained scorer as version 1 of a repository copy; its directory and description."""
     from models.export import publish_version
 
-    (repo / MODEL_NAME).mkdir(parents=True)
-    shutil.copyfile(REPO_ROOT / "triton_repo" / MODEL_NAME / "config.pbtxt",
-                    repo / MODEL_NAME / "config.pbtxt")
+    model_repository(repo)
     model, description = build_model(kind, n_features)
     return publish_version(model, repo, 1), description
 
@@ -383,11 +354,10 @@ def start_triton(work: Path, config: ModelConfig, kind: ModelKind) -> tuple[Stac
 
     repo = work / "triton_repo"
     version_dir, model = publish_model(repo, config.n_features, kind)
-    base = Settings.from_env()
-    settings = dataclasses.replace(
-        base, kafka=KafkaSettings(), state_dir=work / "state",
-        triton_http_port=free_port(), triton_grpc_port=free_port(),
-        triton_metrics_port=free_port(), prometheus_port=free_port())
+    settings = isolated_settings(
+        work / "state",
+        ("triton_http_port", "triton_grpc_port", "triton_metrics_port", "prometheus_port"),
+        kafka=KafkaSettings())
     stack = Stack(settings, triton_repo=repo)
     print("starting Triton ...", file=sys.stderr, flush=True)
     try:
@@ -469,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict[str, Any] = {
         "benchmark": "Triton (python backend, ONNX Runtime) against in-process ONNX Runtime",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": utc_date(),
         "quick": args.quick,
         "triton": "started by the benchmark" if stack is not None else target.url,
         "triton_server_version": measured["server_version"],
@@ -484,8 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "runs": measured["runs"],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.output, report)
     plot(report, args.output.with_suffix(".png"))
     print_table(report, args.output)
     return 0

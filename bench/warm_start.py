@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +37,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.common import (
+    command_line,
+    log,
+    machine_info,
+    simulated_world,
+    utc_date,
+    write_report,
+)
 from models.drift import DriftSpec, apply_drift
 from models.evaluation import assess
 from models.export import export_onnx
@@ -54,25 +59,10 @@ RESULTS = REPO_ROOT / "bench" / "results" / "warm_start.json"
 STRATEGIES = ("warm_start", "full_retrain")
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def machine(device: str) -> dict[str, object]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model, "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
-        "device": str(pick_device(device)), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+    """The host, the device the models train on, and torch's version and threads."""
+    return machine_info(device=str(pick_device(device)), torch=torch.__version__,
+                        torch_threads=torch.get_num_threads())
 
 
 def days_between(frame: pd.DataFrame, start: int, end: int) -> pd.DataFrame:
@@ -256,21 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         args.intensity = float(max(1, round(10 * args.customers / 5000)))
     days = args.drift_start + 28
 
-    from tests.models.conftest import MAIN_PARAMETERS, cached_simulation
-
     began = time.perf_counter()
     log(f"simulating {days} days of {args.customers:,} cards and {args.terminals:,} terminals")
-    raw = cached_simulation({**MAIN_PARAMETERS, "n_customers": args.customers,
-                             "n_terminals": args.terminals, "nb_days": days})
+    raw = simulated_world(args.customers, args.terminals, days)
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-warm-start-") as folder:
         for seed in range(args.seeds):
             runs.append(run_seed(raw, args, seed, Path(folder)))
     report = {
         "benchmark": "warm start vs full retrain after a card_testing drift",
-        "command": "python -m bench.warm_start " + " ".join(argv if argv is not None
-                                                             else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": command_line("bench.warm_start", argv),
+        "date": utc_date(),
         "quick": args.quick,
         "world": {"customers": args.customers, "terminals": args.terminals, "days": days},
         "drift": dataclasses.asdict(DriftSpec("card_testing", start_day=args.drift_start,
@@ -292,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": round(time.perf_counter() - began, 1),
         "machine": machine(args.device),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.output, report)
     print_table(report, args.output)
     return 0
 
