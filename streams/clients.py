@@ -152,17 +152,28 @@ def pin_new_group(bootstrap: str, settings: Settings, group: str, topic: str) ->
     offsets make "latest" mean the moment before the worker starts. Returns whether
     offsets were committed.
     """
+    from confluent_kafka import KafkaException
+
     consumer = Consumer({**settings.kafka.client_config(bootstrap), "group.id": group,
                          "enable.auto.commit": False})
     try:
         partitions = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
-        committed = consumer.committed(partitions, timeout=10)
-        if any(tp.offset >= 0 for tp in committed):
-            return False
-        ends = [TopicPartition(topic, tp.partition,
-                               consumer.get_watermark_offsets(tp, timeout=10)[1])
-                for tp in partitions]
-        consumer.commit(offsets=ends, asynchronous=False)
-        return True
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+                if any(tp.offset >= 0 for tp in committed):
+                    return False
+                ends = [TopicPartition(topic, tp.partition,
+                                       consumer.get_watermark_offsets(tp, timeout=10)[1])
+                        for tp in partitions]
+                consumer.commit(offsets=ends, asynchronous=False)
+                return True
+            except KafkaException:
+                # A broker that just started may not have elected the group's
+                # coordinator yet.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()

@@ -161,8 +161,10 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
                             redis_url=endpoints.redis, triton_url=endpoints.triton,
                             labels_group=f"loop-{run_id}-retrainer",
                             labels_start=labels_start)
-        retrainer.start()
-        thread = threading.Thread(target=retrainer.run, args=(stop,), daemon=True)
+        live_from = frame["TX_DATETIME"].min().normalize() + pd.Timedelta(
+            days=size.first_model_end_day)
+        thread = threading.Thread(target=_retrain_when_live, daemon=True, args=(
+            retrainer, run_dir / "feature_log", live_from, stop))
         thread.start()
 
         speed = DAY / size.seconds_per_day
@@ -226,6 +228,26 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
             worker.stop()
         if not keep_up:
             stack.down([n for n in stack.services if n not in already])
+
+
+def _retrain_when_live(retrainer, feature_log: Path, live_from: pd.Timestamp,  # noqa: ANN001
+                       stop: threading.Event) -> None:
+    """Start the retrainer once the stream reaches the day the first model went live.
+
+    The days before are the history the first model was trained on, replayed so that
+    the stream's state is the batch reference's; their terminal features warm up from
+    nothing, which drift monitors would rightly call a shift.
+    """
+    wanted = f"event_date={live_from.date().isoformat()}"
+    while not stop.is_set():
+        if any(p.name >= wanted for p in feature_log.glob("event_date=*")):
+            break
+        stop.wait(1.0)
+    if stop.is_set():
+        return
+    log(f"the stream reached {live_from.date()}: the retrainer starts watching it")
+    retrainer.start()
+    retrainer.run(stop)
 
 
 def _log_retrainer(path: Path) -> None:
