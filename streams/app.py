@@ -118,8 +118,10 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
 
     if config.role in ("score", "all"):
         transactions = app.topic(TRANSACTIONS, key_serializer="raw", value_serializer="raw")
-        card_history = app.Table("card-history", default=list, partitions=settings.partitions,
-                                 key_type=str)
+        # Values are a card's state as raw bytes (streams.features.CARD_DTYPE records):
+        # value_type=bytes makes Faust use the "raw" codec for the table and its changelog.
+        card_history = app.Table("card-history", default=bytes, key_type=str,
+                                 value_type=bytes, partitions=settings.partitions)
         scoring = ScoringPipeline(config, metrics)
         pipelines.append(scoring)
 
@@ -132,9 +134,8 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
 
     if config.role in ("labels", "all"):
         labels = app.topic(LABELS, key_serializer="raw", value_serializer="raw")
-        terminal_labels = app.Table("terminal-labels", default=list,
-                                    partitions=settings.partitions,
-                                    key_type=str)
+        terminal_labels = app.Table("terminal-labels", default=bytes, key_type=str,
+                                    value_type=bytes, partitions=settings.partitions)
         labelling = LabelPipeline(config, metrics)
         pipelines.append(labelling)
 

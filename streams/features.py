@@ -11,10 +11,16 @@ this equals the batch reference exactly.
 
 Both histories are idempotent in ``tx_id``: an event processed twice (at-least-once
 delivery, a restart) finds itself in the history and gets the same features again.
+
+A history is kept as the bytes of a numpy structured array (:data:`CARD_DTYPE`,
+:data:`TERMINAL_DTYPE`), the value of a changelog-backed table: writing it costs a copy,
+not an encoding, and the windows are computed on its columns in a few numpy calls.
+``b""`` is an empty history.
 """
 
 from __future__ import annotations
 
+import struct
 from datetime import UTC, datetime
 
 import numpy as np
@@ -44,6 +50,19 @@ CARD_RETENTION_S = CARD_MEAN_DAYS * DAY
 # Terminal labels are kept this long after their known time: the day-count horizon plus
 # the delay, and a margin for transactions that lag the labels stream.
 TERMINAL_RETENTION_S = (HORIZON_DAYS + LABEL_DELAY_DAYS + 21) * DAY
+CARD_DTYPE = np.dtype([("event_time", "<f8"), ("amount", "<f8"), ("tx_id", "<i8")])
+"""One entry of a card's state; the state is these records' bytes, in arrival order."""
+TERMINAL_DTYPE = np.dtype([("event_time", "<f8"), ("known_at", "<f8"), ("is_fraud", "i1"),
+                           ("tx_id", "<i8")])
+"""One label of a terminal's state; the state is these records' bytes, sorted by
+``(event_time, tx_id)``."""
+_CARD_RECORD = struct.Struct("<ddq")
+_TERMINAL_RECORD = struct.Struct("<ddbq")
+# Lower bounds of the card windows, subtracted from t: the three windows, the mean (which is
+# also the retention) and the recent largest amount.
+_CARD_OFFSETS = np.array([*CARD_WINDOWS_DAYS, CARD_MEAN_DAYS, CARD_RECENT_DAYS]) * DAY
+# Offsets from the terminal windows' end: the end itself, then each window's start.
+_TERMINAL_OFFSETS = np.array([0, *TERMINAL_WINDOWS_DAYS]) * DAY
 
 
 def transaction_flags(event_time: float) -> tuple[int, int]:
@@ -55,70 +74,124 @@ def transaction_flags(event_time: float) -> tuple[int, int]:
     return int(moment.weekday() >= 5), int(moment.hour <= 6)
 
 
-def update_card_history(
-    history: list[list[float]], event_time: float, amount: float, tx_id: int = -1
-) -> tuple[list[list[float]], list[float]]:
-    """Add one transaction to a card's history and return its card features.
+def card_entries(state: bytes) -> np.ndarray:
+    """A card state as a :data:`CARD_DTYPE` array (read-only, no copy)."""
+    return _entries(state, CARD_DTYPE, "card")
 
-    ``history`` is the card's ``[event_time, amount, tx_id]`` entries of the last
-    :data:`CARD_MEAN_DAYS` days in arrival order. A transaction already in the history
-    (same ``tx_id``, not -1) is not added again; its features are those it had the first
-    time. Features are :data:`CARD_FEATURES`: ``nb_tx_1day, avg_amount_1day, ...,
-    avg_amount_30day, amount_ratio_90day, max_prev_amount_ratio_14day`` (the last two as
+
+def terminal_entries(state: bytes) -> np.ndarray:
+    """A terminal state as a :data:`TERMINAL_DTYPE` array (read-only, no copy)."""
+    return _entries(state, TERMINAL_DTYPE, "terminal")
+
+
+def _entries(state: bytes, dtype: np.dtype, what: str) -> np.ndarray:
+    if not state:
+        return np.empty(0, dtype=dtype)
+    if len(state) % dtype.itemsize:
+        raise ValueError(f"a {what} state is a whole number of {dtype.itemsize}-byte "
+                         f"records; got {len(state)} bytes")
+    return np.frombuffer(state, dtype=dtype)
+
+
+def _find_id(state: bytes, tx_id: int, dtype: np.dtype) -> int:
+    """Index of the last record of ``state`` whose ``tx_id`` is ``tx_id``, or -1.
+
+    A search of the id's bytes, checked to fall on the ``tx_id`` field of a record: much
+    cheaper than decoding the column to compare it.
+    """
+    if not state:
+        return -1
+    needle = struct.pack("<q", tx_id)
+    offset = dtype.itemsize - len(needle)  # tx_id ends every record
+    end = len(state)
+    while (found := state.rfind(needle, 0, end)) >= 0:
+        if found % dtype.itemsize == offset:
+            return found // dtype.itemsize
+        end = found + len(needle) - 1
+    return -1
+
+
+def update_card_history(
+    state: bytes, event_time: float, amount: float, tx_id: int = -1
+) -> tuple[bytes, list[float]]:
+    """Add one transaction to a card's state and return the new state and its features.
+
+    ``state`` is the card's entries of the last :data:`CARD_MEAN_DAYS` days as
+    :data:`CARD_DTYPE` records in arrival order (``b""``: none). A transaction already in
+    the state (same ``tx_id``, not -1) is not added again; its features are those it had
+    the first time, from the entries up to and including it. Features are
+    :data:`CARD_FEATURES`: ``nb_tx_1day, avg_amount_1day, ..., avg_amount_30day,
+    amount_ratio_90day, max_prev_amount_ratio_14day`` (the last two as
     ``models.extra_features`` defines them: the mean in the ratio is taken over integer
     cents, so it does not depend on summation order).
     """
-    position = -1
-    if tx_id >= 0:
-        for i in range(len(history) - 1, -1, -1):
-            if len(history[i]) > 2 and history[i][2] == tx_id:
-                position = i
-                break
+    starts = event_time - _CARD_OFFSETS
+    position = _find_id(state, tx_id, CARD_DTYPE) if tx_id >= 0 else -1
     if position >= 0:
-        visible = history[: position + 1]
-        kept = history
+        new_state = state
+        visible = card_entries(state)[: position + 1]
     else:
-        kept = [entry for entry in history if entry[0] > event_time - CARD_RETENTION_S]
-        kept.append([event_time, amount, tx_id])
-        visible = kept
+        record = _CARD_RECORD.pack(event_time, amount, tx_id)
+        entries = card_entries(state)
+        if len(entries) and entries["event_time"].min() <= starts[3]:
+            state = entries[entries["event_time"] > starts[3]].tobytes()
+        new_state = bytes(state) + record
+        visible = np.frombuffer(new_state, dtype=CARD_DTYPE)
+    times, amounts = visible["event_time"], visible["amount"]
+    inside = times > starts[:, None]  # a row per window: which entries it holds
+    counts = np.add.reduce(inside, axis=1).tolist()
+    picked = np.where(inside[:4], amounts, 0.0)
+    # A running sum adds left to right as Python's sum() does, and the zeros standing for
+    # entries outside a window leave it unchanged: the means are those of the definition.
+    sums = np.add.accumulate(picked[:3], axis=1)[:, -1].tolist()
     features: list[float] = []
-    for window in CARD_WINDOWS_DAYS:
-        start = event_time - window * DAY
-        amounts = [entry[1] for entry in visible if entry[0] > start]
-        features += [float(len(amounts)), sum(amounts) / len(amounts)]
-    start = event_time - CARD_MEAN_DAYS * DAY
-    in_mean = [entry[1] for entry in visible if entry[0] > start]
-    cents = sum(round(a * 100) for a in in_mean)
-    mean = cents / len(in_mean) / 100
+    for count, total in zip(counts[:3], sums, strict=True):
+        features += [float(count), total / count]
+    cents = picked[3] * 100
+    np.rint(cents, out=cents)  # half to even, as round() does
+    mean = int(np.add.reduce(cents, dtype=np.int64)) / counts[3] / 100
     safe_mean = mean if mean > 0 else 1.0
     ratio = amount / safe_mean if mean > 0 else 1.0
-    start = event_time - CARD_RECENT_DAYS * DAY
-    earlier = [entry[1] for entry in visible[:-1] if entry[0] > start]
-    features += [ratio, (max(earlier) if earlier else 0.0) / safe_mean]
-    return kept, features
+    largest = float(np.maximum.reduce(amounts[:-1], where=inside[4, :-1], initial=-np.inf))
+    features += [ratio, (largest if largest > -np.inf else 0.0) / safe_mean]
+    return new_state, features
 
 
 def update_terminal_history(
-    history: list[list[float]], tx_id: int, event_time: float, is_fraud: int, known_at: float
-) -> list[list[float]]:
-    """Add one label to a terminal's ``[event_time, known_at, is_fraud, tx_id]`` history.
+    state: bytes, tx_id: int, event_time: float, is_fraud: int, known_at: float
+) -> bytes:
+    """Add one label to a terminal's state and return the new state.
 
-    The history stays sorted by event time; a label already present (same ``tx_id``) is
-    ignored; labels known more than :data:`TERMINAL_RETENTION_S` before this one expire.
+    ``state`` holds :data:`TERMINAL_DTYPE` records sorted by ``(event_time, tx_id)``
+    (``b""``: none). A label already present (same ``tx_id``) is ignored; labels known
+    :data:`TERMINAL_RETENTION_S` or more before this one expire.
     """
-    if any(entry[3] == tx_id for entry in history):
-        return history
+    if _find_id(state, tx_id, TERMINAL_DTYPE) >= 0:
+        return state
+    entries = terminal_entries(state)
     horizon = known_at - TERMINAL_RETENTION_S
-    kept = [entry for entry in history if entry[1] > horizon]
-    # tx_id stays an integer: ids beyond 2**53 would collide as floats.
-    kept.append([event_time, known_at, float(is_fraud), int(tx_id)])
-    kept.sort(key=lambda entry: (entry[0], entry[3]))
-    return kept
+    if len(entries) and entries["known_at"].min() <= horizon:
+        entries = entries[entries["known_at"] > horizon]
+        state = entries.tobytes()
+    record = _TERMINAL_RECORD.pack(event_time, known_at, int(is_fraud), tx_id)
+    if not len(entries):
+        return record
+    last_time, _, _, last_id = _TERMINAL_RECORD.unpack_from(state, len(state) - len(record))
+    if (last_time, last_id) < (event_time, tx_id):  # the usual case: it goes last
+        return bytes(state) + record
+    times = entries["event_time"]
+    low = np.searchsorted(times, event_time, "left")
+    high = np.searchsorted(times, event_time, "right")
+    at = int(low + np.searchsorted(entries["tx_id"][low:high], tx_id))
+    return entries[:at].tobytes() + record + entries[at:].tobytes()
 
 
-def terminal_arrays(history: list[list[float]]) -> tuple[list[float], list[float], list[int]]:
-    """The history as the three arrays stored in Feast: event times, known times, frauds."""
-    return ([e[0] for e in history], [e[1] for e in history], [int(e[2]) for e in history])
+def terminal_arrays(state: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The state as the three arrays stored in Feast: event times, known times, frauds."""
+    entries = terminal_entries(state)
+    return (np.ascontiguousarray(entries["event_time"]),
+            np.ascontiguousarray(entries["known_at"]),
+            entries["is_fraud"].astype(np.int64))
 
 
 def terminal_window_features(
@@ -136,20 +209,31 @@ def terminal_window_features(
     :data:`HORIZON_DAYS`, which also stands for "none".
     """
     end = t - delay_days * DAY
-    known = (known_at <= t) & (event_times <= end)
+    # Rows [0, high) have event times at most ``end``; window w starts at row lows[w].
+    high, *lows = np.searchsorted(event_times, end - _TERMINAL_OFFSETS, side="right").tolist()
+    times = event_times
+    if high and known_at[:high].max() > t:
+        # Some of those labels arrive after t: keep the known rows only.
+        rows = np.flatnonzero(known_at[:high] <= t)
+        lows = np.searchsorted(rows, lows).tolist()
+        times = event_times[rows]
+        flags = frauds[rows].tolist()
+    else:
+        flags = frauds[:high].tolist()
+    known = len(flags)
     features: list[float] = []
-    for window in TERMINAL_WINDOWS_DAYS:
-        mask = known & (event_times > end - window * DAY)
-        count = int(mask.sum())
-        features += [float(count), float(frauds[mask].sum()) / count if count else 0.0]
+    for low in lows:
+        count = known - low
+        features += [float(count), float(sum(flags[low:])) / count if count else 0.0]
     today = _day(t)
-    positions = np.flatnonzero(known)
-    genuine = positions[frauds[positions] == 0]
-    last_genuine = int(genuine[-1]) if len(genuine) else -1
-    run_rows = positions[positions > last_genuine]
-    run = len(run_rows)
-    run_days = min(today - _day(float(event_times[run_rows[0]])), HORIZON_DAYS) if run else 0
-    since_genuine = (min(today - _day(float(event_times[last_genuine])), HORIZON_DAYS)
+    try:
+        last_genuine = known - 1 - flags[::-1].index(0)
+    except ValueError:
+        last_genuine = -1
+    run = known - 1 - last_genuine
+    run_days = (min(today - _day(float(times[last_genuine + 1])), HORIZON_DAYS)
+                if run else 0)
+    since_genuine = (min(today - _day(float(times[last_genuine])), HORIZON_DAYS)
                      if last_genuine >= 0 else HORIZON_DAYS)
     return [*features, float(run), float(run_days), float(since_genuine)]
 

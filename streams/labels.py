@@ -45,7 +45,7 @@ class LabelPipeline:
         self.metrics.labels_in.inc(len(events))
         self.metrics.observe_lag(stream, events)
         clock = time.perf_counter()
-        touched: dict[str, list[list[float]]] = {}
+        touched: dict[str, bytes] = {}
         latest: dict[str, float] = {}
         marks: dict[int, float] = {}
         for event in events:
@@ -55,12 +55,13 @@ class LabelPipeline:
                 self.emitter.dead_letter(event, "validate", exc)
                 continue
             key = str(label.terminal_id)
-            history = update_terminal_history(touched[key] if key in touched else table[key],
-                                              label.tx_id, label.event_time, label.is_fraud,
-                                              label.known_at)
+            state = update_terminal_history(touched[key] if key in touched else table[key],
+                                            label.tx_id, label.event_time, label.is_fraud,
+                                            label.known_at)
+            # Every label writes its terminal's state, in the partition of that label.
             stream._set_current_event(event)
-            table[key] = history
-            touched[key] = history
+            table[key] = state
+            touched[key] = state
             latest[key] = max(latest.get(key, 0.0), label.known_at)
             partition = event.message.partition
             marks[partition] = max(marks.get(partition, 0.0), label.known_at)
@@ -75,16 +76,13 @@ class LabelPipeline:
             self.metrics.label_watermark.labels(str(partition)).set(known_at)
 
 
-    def _push(self, touched: dict[str, list[list[float]]], latest: dict[str, float]) -> None:
+    def _push(self, touched: dict[str, bytes], latest: dict[str, float]) -> None:
         assert self.features is not None
         keys = list(touched)
         arrays = [terminal_arrays(touched[k]) for k in keys]
-        values = [
-            terminal_window_features(np.asarray(a[0]), np.asarray(a[1]), np.asarray(a[2]),
-                                     latest[k])
-            for k, a in zip(keys, arrays, strict=True)
-        ]
+        values = [terminal_window_features(*a, latest[k])
+                  for k, a in zip(keys, arrays, strict=True)]
         self.features.push_terminal_risk(
             np.array([int(k) for k in keys]), np.array([latest[k] for k in keys]),
-            np.array(values), arrays,
+            np.array(values), [(t.tolist(), k.tolist(), f.tolist()) for t, k, f in arrays],
         )

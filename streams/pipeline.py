@@ -110,7 +110,7 @@ class ScoringPipeline:
         rows: list[list[float]] = []
         # Every event writes its card's state in the partition of that event: writing
         # a card once a batch lost state in Faust's recovery after a kill -9.
-        histories: dict[str, list[list[float]]] = {}
+        states: dict[str, bytes] = {}
         for event in events:
             try:
                 tx = Transaction.parse(event.message.value)
@@ -119,16 +119,16 @@ class ScoringPipeline:
                 continue
             key = str(tx.card_id)
             try:
-                history = histories[key] if key in histories else card_history[key]
-                history, card_features = update_card_history(
-                    history, tx.event_time, tx.amount, tx.tx_id
+                state = states[key] if key in states else card_history[key]
+                state, card_features = update_card_history(
+                    state, tx.event_time, tx.amount, tx.tx_id
                 )
                 stream._set_current_event(event)
-                card_history[key] = history
+                card_history[key] = state
             except Exception as exc:  # noqa: BLE001 - a poison event must not stop the worker
                 self.emitter.dead_letter(event, "features", exc)
                 continue
-            histories[key] = history
+            states[key] = state
             weekend, night = transaction_flags(tx.event_time)
             rows.append([tx.amount, weekend, night, *card_features])
             accepted.append((tx, event))
