@@ -118,17 +118,16 @@ def loop_figures(frame: pd.DataFrame, frozen_scores: np.ndarray, drift_start_day
 
 
 def version_spans(frame: pd.DataFrame) -> list[tuple[int, float, float]]:
-    """``(version, first day, last day)`` of each serving version, in event time."""
-    ordered = frame.sort_values("event_time")
-    days = ordered["TX_TIME_DAYS"].to_numpy() + (ordered["event_time"].to_numpy() % DAY) / DAY
-    versions = ordered["model_version"].to_numpy()
-    spans = []
-    start = 0
-    for i in range(1, len(versions) + 1):
-        if i == len(versions) or versions[i] != versions[start]:
-            spans.append((int(versions[start]), float(days[start]), float(days[i - 1])))
-            start = i
-    return spans
+    """``(version, first day, last day)`` each serving version scored, by first day.
+
+    Around a swap the partitions switch within a batch or two of each other, so the
+    versions overlap by moments; each version is one span from its first to its last
+    scored transaction.
+    """
+    days = frame["TX_TIME_DAYS"].to_numpy() + (frame["event_time"].to_numpy() % DAY) / DAY
+    spans = pd.DataFrame({"version": frame["model_version"].to_numpy(), "day": days}) \
+        .groupby("version")["day"].agg(["min", "max"]).sort_values("min")
+    return [(int(v), float(row["min"]), float(row["max"])) for v, row in spans.iterrows()]
 
 
 def plot_loop(frame: pd.DataFrame, frozen_scores: np.ndarray, drift_start_day: int,
