@@ -12,7 +12,8 @@ start:
 * **validation week** of both challengers: ``[D + 14, D + 21)``; **gate window**, the
   latest week neither trained on: ``[D + 21, D + 28)``;
 * **warm start**: fine-tunes the champion's members (``init=champion``) on the
-  ``--warm-weeks`` post-drift weeks before the validation week;
+  ``--warm-weeks`` post-drift weeks before the validation week, with the retrainer's
+  fine-tuning budget (at most ``--warm-epochs`` epochs, patience ``--warm-patience``);
 * **full retrain**: the default recipe from scratch on its five weeks before the
   validation week (pre- and post-drift).
 
@@ -50,7 +51,7 @@ from models.evaluation import assess
 from models.export import export_onnx
 from models.extra_features import MODEL_FEATURE_COLUMNS, add_model_features
 from models.gate import GateReport, GateWindow, evaluate_gate
-from models.recipe import DEFAULT_RECIPE, FraudEnsemble, fit_fraud_model, predict
+from models.recipe import DEFAULT_RECIPE, FraudEnsemble, Recipe, fit_fraud_model, predict
 from models.reference_features import TARGET_COLUMN
 from models.train import pick_device
 from streams.settings import REPO_ROOT
@@ -81,10 +82,11 @@ def gate_window(frame: pd.DataFrame) -> GateWindow:
 
 def challenge(name: str, train: pd.DataFrame, valid: pd.DataFrame, gate: pd.DataFrame,
               champion_onnx: Path, folder: Path, seed: int, device: str,
-              init: FraudEnsemble | None = None) -> dict[str, Any]:
+              init: FraudEnsemble | None = None,
+              recipe: Recipe = DEFAULT_RECIPE) -> dict[str, Any]:
     """Train one challenger, export it and put it through the gate; its figures."""
     started = time.perf_counter()
-    model = fit_fraud_model(train, valid, seed=seed, device=device, init=init)
+    model = fit_fraud_model(train, valid, seed=seed, device=device, init=init, recipe=recipe)
     train_s = time.perf_counter() - started
     started = time.perf_counter()
     path = export_onnx(model, folder / f"{name}.onnx")
@@ -135,7 +137,9 @@ def run_seed(raw: pd.DataFrame, args: argparse.Namespace, seed: int,
     results = {
         "warm_start": challenge(
             f"warm-{seed}", days_between(frame, d + 14 - 7 * args.warm_weeks, d + 14), valid,
-            gate, champion_onnx, folder, seed, args.device, init=champion),
+            gate, champion_onnx, folder, seed, args.device, init=champion,
+            recipe=dataclasses.replace(DEFAULT_RECIPE, max_epochs=args.warm_epochs,
+                                       patience=args.warm_patience)),
         "full_retrain": challenge(
             f"full-{seed}", days_between(frame, d + 14 - 7 * weeks, d + 14), valid, gate,
             champion_onnx, folder, seed, args.device),
@@ -230,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="cards stolen a day (default: 10 per 5,000 cards, at least 1)")
     parser.add_argument("--warm-weeks", type=int, default=2,
                         help="post-drift weeks the warm start trains on")
+    parser.add_argument("--warm-epochs", type=int, default=10,
+                        help="most epochs of the fine-tuning (the loop's retrainer: 10)")
+    parser.add_argument("--warm-patience", type=int, default=2,
+                        help="early-stopping patience of the fine-tuning (the loop's: 2)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny run: 300 cards, 600 terminals, one seed")
