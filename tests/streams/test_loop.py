@@ -1,0 +1,58 @@
+"""The closed loop end to end (``factory run``), small, on its own fresh services."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from infra.local.base import free_port, port_is_open
+from streams.loop import LoopSize, run_loop
+from streams.settings import REPO_ROOT, Settings
+
+PORTS = ("kafka_port", "kafka_controller_port", "redis_port", "triton_http_port",
+         "triton_grpc_port", "triton_metrics_port", "prometheus_port", "alertmanager_port",
+         "worker_metrics_port")
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_loop_retrains_gates_and_swaps_while_every_event_is_scored_once(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "triton_repo"
+    (repo / "fraud_detector").mkdir(parents=True)
+    shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
+                    repo / "fraud_detector" / "config.pbtxt")
+    settings = dataclasses.replace(Settings(), state_dir=tmp_path / "state",
+                                   **{name: free_port() for name in PORTS})
+    size = LoopSize(customers=250, terminals=500, days=56, first_model_end_day=28,
+                    drift="card_testing:start=35,days=21,intensity=10",
+                    seconds_per_day=1.5, retrain_epochs=4)
+    summary = run_loop(size, settings=settings, triton_repo=repo)
+
+    assert summary["scored"] == summary["transactions"] > 10_000
+    assert summary["duplicates"] == 0 and summary["skew_rows"] == 0
+    figures = summary["figures"]
+    assert len(figures["promotions"]) >= 1, "the retrainer put a new version in service"
+    assert len(figures["serving_versions"]) >= 2
+    assert all(p["cycle_seconds"] > 0 for p in figures["promotions"])
+    assert math.isfinite(figures["ap_gain"]) and figures["post_drift_frauds"] > 0
+    run_dir = settings.state_dir / "runs" / f"loop-{summary['run']}"
+    events = [json.loads(line) for line in (run_dir / "model-events.jsonl").read_text()
+              .splitlines()]
+    kinds = [e["event"] for e in events]
+    assert {"retrain_started", "shadow_started", "promoted", "unloaded"} <= set(kinds)
+    assert kinds.index("retrain_started") < kinds.index("promoted")
+    # Every version that served was registered, with its lineage back to the first.
+    registry = {v["version"]: v for v in summary["registry"]}
+    for version in figures["serving_versions"]:
+        assert version in registry
+    assert (run_dir / "loop.png").stat().st_size > 10_000
+    assert "served (loop)" in (run_dir / "report.md").read_text()
+    ports = [getattr(settings, name) for name in PORTS]
+    assert not any(port_is_open(port) for port in ports), "the loop stopped its services"
