@@ -135,7 +135,9 @@ class KafkaService(LocalService):
             cluster_id.write_text(base64.urlsafe_b64encode(raw).decode().rstrip("="))
         result = subprocess.run(
             [java, *self._jvm_flags(), "-cp", self._classpath(), "kafka.tools.StorageTool",
-             "format", "-t", cluster_id.read_text().strip(),
+             # "--cluster-id=": a base64 id may begin with "-", which argparse would
+             # take for an option (one id in 64 did).
+             "format", f"--cluster-id={cluster_id.read_text().strip()}",
              "-c", str(config), "--ignore-formatted"],
             capture_output=True, text=True, check=False,
         )

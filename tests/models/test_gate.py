@@ -247,10 +247,11 @@ def test_a_malformed_window_is_a_caller_error(champion: Path, window: GateWindow
 def test_latency_is_judged_against_the_champion_measured_alongside(
     champion: Path, window: GateWindow
 ) -> None:
-    # An absolute budget no machine meets; the same graph as the champion is within a
-    # few times the champion's p99 measured in the same moments (a generous ratio: the
-    # p99 of a few runs on a shared machine is noisy).
-    config = GateConfig(latency_p99_ms=1e-6, latency_repeats=50, latency_ratio=5.0)
+    # An absolute budget no machine meets; the same graph as the champion is well within
+    # a generous multiple of the champion's p99 measured in the same moments (the p99
+    # of a sub-millisecond graph on a shared machine is scheduler noise), and far beyond
+    # a hundredth of it.
+    config = GateConfig(latency_p99_ms=1e-6, latency_repeats=50, latency_ratio=1000.0)
     report = evaluate_gate(champion, window, champion=champion, config=config)
     assert report.checks["latency"], report.reasons
     assert report.champion_latency_p99_ms is not None and report.champion_latency_p99_ms > 0
