@@ -66,6 +66,10 @@ class LabelPipeline:
             partition = event.message.partition
             marks[partition] = max(marks.get(partition, 0.0), label.known_at)
         clock = self.metrics.stage("apply_labels", clock)
+        # The changelog holds this batch's state before Feast or the watermark reflect
+        # it, and before the batch's offsets can be committed.
+        await stream.app.producer.flush()
+        clock = self.metrics.stage("flush_changelog", clock)
         if touched:
             await asyncio.to_thread(self._push, touched, latest)
         clock = self.metrics.stage("push_terminal_state", clock)

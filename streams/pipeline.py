@@ -132,7 +132,11 @@ class ScoringPipeline:
             weekend, night = transaction_flags(tx.event_time)
             rows.append([tx.amount, weekend, night, *card_features])
             accepted.append((tx, event))
-        self.metrics.stage("validate_and_card_features", clock)
+        clock = self.metrics.stage("validate_and_card_features", clock)
+        # The card state of this batch is in the changelog before any of its offsets
+        # can be committed.
+        await stream.app.producer.flush()
+        self.metrics.stage("flush_changelog", clock)
         if accepted:
             await self._score(accepted, np.asarray(rows, dtype=np.float64))
         clock = time.perf_counter()
