@@ -27,7 +27,9 @@ ALERTS = {
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"'{name}' is missing (Debian: apt-get install prometheus "
+        # A failure, not a skip: `make test` installs these, so a missing one is a
+        # missing install step that must not pass unnoticed.
+        pytest.fail(f"'{name}' is missing (Debian: apt-get install prometheus "
                     "prometheus-alertmanager, or run infra/setup.sh)")
     return path
 
