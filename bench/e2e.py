@@ -46,6 +46,7 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.common import (
     STACK_PORTS,
     command_line,
+    group_cpu_seconds,
     handbook_frame,
     isolated_settings,
     kafka_versions,
@@ -56,6 +57,7 @@ from bench.common import (
     utc_date,
     write_report,
 )
+from bench.profile import Sampler, profile_report, py_spy
 from infra.local.base import free_port
 from infra.local.manager import Stack
 from streams.clients import producer, topic_end_offsets
@@ -249,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="events/s of the latency phase (default: half the max rate)")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny run: 5,000 events, 15 s, a smaller training world")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction,
+                        default=py_spy() is not None,
+                        help="sample the scoring worker with py-spy during the max-rate "
+                             "phase (default: when py-spy is installed)")
     parser.add_argument("--output", type=Path, default=RESULTS / "e2e.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -301,8 +307,18 @@ def main(argv: list[str] | None = None) -> int:
         for worker in workers:
             worker.start(endpoints.kafka)
         cpu0 = {w.role: process_cpu_seconds(w.proc.pid if w.proc else None) for w in workers}
+        service_pgids = {name: stack.services[name].pid() for name in services}
+        services0 = {name: group_cpu_seconds(pgid) for name, pgid in service_pgids.items()}
+        sampler = (Sampler(scorer.proc.pid, work / "profile.txt")
+                   if args.profile and scorer.proc is not None else None)
         wait_scored(workers, scorer, args.events, timeout_s=3600, logs=work)
         backlog_wall = time.monotonic() - started
+        services_a = {name: group_cpu_seconds(pgid) for name, pgid in service_pgids.items()}
+        profile = (profile_report(sampler.stop(), backlog_wall, sampler.rate)
+                   if sampler is not None else None)
+        if profile is not None and "stacks_file" in profile:
+            shutil.copy(work / "profile.txt", args.output.with_suffix(".profile.txt"))
+            profile["stacks_file"] = args.output.with_suffix(".profile.txt").name
         stages_a = stage_seconds(workers)
         batches_a = batch_counts(scorer)
         cpu_a = {w.role: process_cpu_seconds(w.proc.pid if w.proc else None) for w in workers}
@@ -364,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             "stage_seconds": stages_a, "worker_cpu_s": cpu(cpu_a, cpu0),
             "micro_batches": batches_a[0],
             "mean_batch": round(batches_a[1] / batches_a[0], 1) if batches_a[0] else None,
+            "services_cpu_s": cpu(services_a, services0),
+            "scoring_worker_profile": profile,
         },
         "latency": {
             "target_rate": rate, "rate_source": "--rate" if args.rate else "0.5 x max rate",
@@ -419,6 +437,17 @@ def print_table(report: dict[str, Any], output: Path) -> None:
     for role in a["worker_cpu_s"]:
         print(f"| {role} worker CPU s | {a['worker_cpu_s'][role]} | "
               f"{b['worker_cpu_s'][role]} |")
+    for name, seconds in a.get("services_cpu_s", {}).items():
+        print(f"| {name} CPU s | {seconds} | |")
+    profile = a.get("scoring_worker_profile") or {}
+    if profile.get("samples"):
+        print(f"\nscoring worker, max-rate phase: py-spy {profile['samples']:,} samples, "
+              f"Python busy {profile['busy_python_fraction']:.0%} of the phase")
+        for key, title in (("by_area", "area of the leaf frame"),
+                           ("by_stage", "innermost project function on the stack")):
+            print(f"\n| {title} | share of samples |\n|---|---|")
+            for row in profile[key][:10]:
+                print(f"| {row['name']} | {row['share']:.1%} |")
     info = report["machine"]
     print(f"\n{info['cpu']} ({info['cpus']} CPUs, load {info['load_average_1m']}); "
           f"results in {output} and {output.with_suffix('.png')}")
