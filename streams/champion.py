@@ -101,9 +101,20 @@ class ChampionMonitor:
     def _monitor(self, profile: ReferenceProfile) -> DriftMonitor:
         return DriftMonitor(profile, self.thresholds, self.baseline, self.version)
 
-    def observe(self, rows: pd.DataFrame) -> None:
-        """Feed the rows this version scored (other versions' rows are skipped)."""
+    def _out_of_sample(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Rows this version scored after its data ended (other rows are skipped).
+
+        Rows of its own training period (a history replayed through a first model) are
+        in-sample: neither their distribution nor their loss says anything about drift.
+        """
         mine = rows[rows["model_version"] == self.version]
+        if self.schedule_anchor is not None:
+            mine = mine[mine["event_time"] >= self.schedule_anchor]
+        return mine
+
+    def observe(self, rows: pd.DataFrame) -> None:
+        """Feed the rows this version scored out of sample (see :meth:`_out_of_sample`)."""
+        mine = self._out_of_sample(rows)
         if len(mine) and self.monitor is None:
             mine = self._profile_from_first_day(mine)
         if len(mine) and self.monitor is not None:
@@ -125,8 +136,9 @@ class ChampionMonitor:
         return rows[rows["event_time"] >= cut]
 
     def observe_labels(self, matured: pd.DataFrame) -> None:
-        """Feed matured labels (index rows with ``is_fraud``) of rows this version scored."""
-        mine = matured[matured["model_version"] == self.version]
+        """Feed matured labels (index rows with ``is_fraud``) of rows this version scored
+        out of sample."""
+        mine = self._out_of_sample(matured)
         if len(mine) and self.monitor is not None:
             self.monitor.observe_labels(mine["score"].to_numpy(), mine["is_fraud"].to_numpy(),
                                         mine["event_time"].to_numpy(),

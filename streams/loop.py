@@ -49,6 +49,7 @@ class LoopSize:
     gate_days: int = 2
     valid_days: int = 2
     retrain_epochs: int = 10
+    retrain_weeks: int = 3
     seed: int = 0
 
 
@@ -151,12 +152,13 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         labels_start = topic_end_offsets(endpoints.kafka, settings, LABELS)
         # Labels arrive a week late: short gate and validation windows let the first
         # days after a drift reach training a few days sooner. Warm starts need fewer
-        # epochs than a first model.
+        # epochs than a first model, and fewer weeks: the parent's weights carry the
+        # older ones, the recent weeks weigh more, and a cycle takes less wall time.
         config = RetrainerConfig(
             feature_log=run_dir / "feature_log", repo_dir=triton_repo,
             gate_days=size.gate_days, valid_days=size.valid_days,
             recipe=dataclasses.replace(DEFAULT_RECIPE, max_epochs=size.retrain_epochs,
-                                       patience=2))
+                                       patience=2, train_weeks=size.retrain_weeks))
         retrainer = connect(config, settings, kafka=endpoints.kafka,
                             redis_url=endpoints.redis, triton_url=endpoints.triton,
                             labels_group=f"loop-{run_id}-retrainer",

@@ -35,10 +35,18 @@ class TriggerPolicy:
         schedule starts another one (a manual request still does). Without it a
         rejected challenger would be retrained at every detection of a drift that
         persists.
+    follow_up_days, follow_up_span_days
+        While a drift persists, retrain every ``follow_up_days`` of event time instead of
+        every ``schedule_days``, until ``follow_up_span_days`` pass without a detection
+        (``None``: no follow-ups). Labels arrive a week late, so the retraining a drift
+        triggers has seen none of the changed world; each follow-up trains on the days
+        of it that matured since (2 days, for two weeks: twice the label delay).
     """
 
     schedule_days: float | None = 7.0
     cooldown_seconds: float = SECONDS_PER_DAY
+    follow_up_days: float | None = 2.0
+    follow_up_span_days: float = 14.0
 
 
 @dataclass
@@ -48,6 +56,7 @@ class TriggerState:
     busy: bool = False
     last_started: float | None = None
     schedule_anchor: float | None = None
+    last_detected: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,23 +80,39 @@ def due_trigger(
     One retraining at a time: nothing starts while ``state.busy``. A manual request
     wins, then detected drift, then the schedule; drift and schedule wait out the
     cooldown after the previous start. Detections made while busy or cooling down are
-    not queued: a drift that persists is detected again once the monitor's own cooldown
-    ends.
+    not queued, but they are remembered (``state.last_detected``): while a drift is
+    recent the schedule runs every ``policy.follow_up_days``.
     """
+    detected = [d for d in detections if d.detected]
+    if detected:
+        state.last_detected = now
     if state.busy:
         return None
     if manual is not None:
         return TriggerDecision("manual", manual)
     if state.last_started is not None and now < state.last_started + policy.cooldown_seconds:
         return None
-    detected = [d for d in detections if d.detected]
     if detected:
         first = detected[0]
         name = f"{first.monitor}:{first.feature}" if first.feature else first.monitor
         return TriggerDecision("drift", f"{name} {first.statistic:.4g} > {first.threshold:.4g}",
                                {"monitors": sorted({d.monitor for d in detected}),
                                 "decision": first.to_record()})
-    if policy.schedule_days is not None and state.schedule_anchor is not None:
+    if state.schedule_anchor is None:
+        return None
+    follow_up = (policy.follow_up_days is not None and state.last_detected is not None
+                 and now < state.last_detected + policy.follow_up_span_days * SECONDS_PER_DAY)
+    if follow_up:
+        assert policy.follow_up_days is not None
+        due = state.schedule_anchor + policy.follow_up_days * SECONDS_PER_DAY
+        if now >= due:
+            return TriggerDecision(
+                "drift", f"follow-up: {policy.follow_up_days:g} days of event time since the "
+                "champion's data ended, drift detected "
+                f"{(now - state.last_detected) / SECONDS_PER_DAY:.1f} days ago",
+                {"anchor": state.schedule_anchor, "due": due, "follow_up": True,
+                 "last_detected": state.last_detected})
+    if policy.schedule_days is not None:
         due = state.schedule_anchor + policy.schedule_days * SECONDS_PER_DAY
         if now >= due:
             return TriggerDecision("schedule", f"{policy.schedule_days:g} days of event time "

@@ -18,10 +18,11 @@ from models.extra_features import SERVING_NAMES
 from models.gate import GateConfig
 from models.monitors import DriftDecision, DriftThresholds
 from models.recipe import DEFAULT_RECIPE, Recipe
-from models.registry import Registry
+from models.registry import ModelVersion, Registry, Window
 from models.simulator import SECONDS_PER_DAY as DAY
 from models.trainer import frame_from_simulator, split_windows, train_version
 from models.triton_config import DEFAULT_CONFIG_PATH, MODEL_NAME
+from streams.champion import ChampionMonitor, profile_path
 from streams.feature_log import FeatureLog
 from streams.model_events import ALERTED_EVENTS, ModelEvents, RetrainerMetrics
 from streams.records import Label
@@ -74,6 +75,33 @@ def test_drift_triggers_only_on_detection_and_outside_the_cooldown() -> None:
     state.schedule_anchor = 0.0
     assert due_trigger(TriggerPolicy(7, DAY), state, 5.5 * DAY + 7 * DAY - DAY) is not None
     assert due_trigger(TriggerPolicy(7, DAY), state, 5.5 * DAY) is None
+
+
+def test_while_a_drift_persists_the_schedule_runs_every_follow_up_days() -> None:
+    policy = TriggerPolicy(schedule_days=7, cooldown_seconds=DAY, follow_up_days=2,
+                           follow_up_span_days=14)
+    state = TriggerState(schedule_anchor=10 * DAY)
+    assert due_trigger(policy, state, 12 * DAY) is None, "no drift: the weekly schedule"
+    # A detection during a retraining is not queued, but remembered.
+    state.busy = True
+    assert due_trigger(policy, state, 12 * DAY, [decision()]) is None
+    assert state.last_detected == 12 * DAY
+    state.busy, state.last_started = False, 11 * DAY
+    due = due_trigger(policy, state, 12.5 * DAY)
+    assert due is not None and due.kind == "drift" and due.details["follow_up"]
+    assert due.details["due"] == 12 * DAY
+    # The promoted challenger's data ended at 13 days: the next follow-up is due at 15.
+    state.schedule_anchor, state.last_started = 13 * DAY, 12.5 * DAY
+    assert due_trigger(policy, state, 14.9 * DAY) is None
+    assert due_trigger(policy, state, 15 * DAY).details["follow_up"]  # type: ignore[union-attr]
+    # Fourteen days after the last detection the weekly schedule is back.
+    state.schedule_anchor = 23 * DAY
+    assert due_trigger(policy, state, 25.5 * DAY) is not None, "still within the span"
+    assert due_trigger(policy, state, 26.5 * DAY) is None, "the span ended: weekly again"
+    assert due_trigger(policy, state, 30 * DAY).kind == "schedule"  # type: ignore[union-attr]
+    off = TriggerPolicy(schedule_days=7, follow_up_days=None)
+    assert due_trigger(off, TriggerState(schedule_anchor=0.0, last_detected=0.0),
+                       3 * DAY) is None
 
 
 def test_one_retraining_at_a_time_and_manual_requests_win() -> None:
@@ -344,3 +372,32 @@ def test_scheduled_retraining_swaps_in_the_challenger_and_a_worse_one_is_rolled_
     assert registry.champion() == 1 and registry.get(2).status == "rolled_back"
     assert [e["event"] for e in retrainer.events.sent][-3:] == [
         "rollback_check", "rollback", "unloaded"]
+
+
+def test_the_champion_monitor_skips_rows_of_its_own_training_period(tmp_path: Path) -> None:
+    """A history replayed through a first model is in-sample: it neither profiles the
+    model nor feeds its concept-drift monitors."""
+    registry = Registry(tmp_path)
+    start = pd.Timestamp("2018-04-01")
+    end = start + pd.Timedelta(days=35)
+    registry.record(ModelVersion(1, window=Window(str(start), str(end - pd.Timedelta(days=7)),
+                                                  100, 5),
+                                 metrics={"window": {"start": str(end - pd.Timedelta(days=7)),
+                                                     "end": str(end)}}))
+    monitor = ChampionMonitor(registry, 1, DriftThresholds(), LOG_FEATURES)
+    anchor = end.timestamp()
+    assert monitor.schedule_anchor == anchor
+    rng = np.random.default_rng(0)
+    times = anchor + np.arange(-3 * DAY, 2 * DAY, 60.0)
+    rows = pd.DataFrame({"event_time": times, "model_version": 1,
+                         "score": rng.random(len(times)), "card_id": 1,
+                         **{name: rng.random(len(times)) for name in LOG_FEATURES}})
+    rows.loc[rows.index[::2], "model_version"] = 2
+    kept = monitor._out_of_sample(rows)
+    assert len(kept) and (kept["event_time"] >= anchor).all()
+    assert (kept["model_version"] == 1).all()
+    assert len(kept) == ((rows["event_time"] >= anchor) & (rows["model_version"] == 1)).sum()
+    monitor.observe(rows)
+    # The reference profile is the first out-of-sample day, not the replayed history.
+    assert monitor.monitor is not None
+    assert profile_path(registry, 1).exists()
