@@ -28,8 +28,10 @@ from models.triton_config import MODEL_NAME
 from streams.clients import Received, consume, producer, topic_end_offsets
 from streams.feature_log import read_feature_log
 from streams.job import load_model
+from streams.producer import ReplayOptions, replay
 from streams.records import Score
-from streams.retrain_policy import GateSplit
+from streams.replay import Dataset
+from streams.retrain_policy import GateSplit, TriggerPolicy
 from streams.retrainer import Retrainer, RetrainerConfig, connect
 from streams.router import ModelRouter
 from streams.swap import SwapConfig, triton_ready_versions
@@ -83,12 +85,13 @@ def make_retrainer(live_stack, world: World) -> Iterator[Callable[..., Retrainer
     """Retrainers on the session's services whose champion is the world's; closed after."""
     made: list[Retrainer] = []
 
-    def make(log_dir: Path, **swap: float) -> Retrainer:
+    def make(log_dir: Path, config_changes: dict | None = None, **swap: float) -> Retrainer:
         config = RetrainerConfig(
             feature_log=log_dir, repo_dir=live_stack.triton_repo, recipe=FAST,
             gate=dataclasses.replace(GateConfig(), latency_repeats=20, ece_max=None,
                                      ratio_bounds=None),
             swap=dataclasses.replace(SwapConfig(), **swap))
+        config = dataclasses.replace(config, **(config_changes or {}))
         settings = dataclasses.replace(live_stack.settings, registry_dir=world.registry.root)
         e = live_stack.endpoints
         retrainer = connect(config, settings, kafka=e.kafka, redis_url=e.redis,
@@ -167,11 +170,7 @@ def test_a_worse_challenger_is_rejected_on_quality(
     tmp_path: Path,
 ) -> None:
     retrainer = make_retrainer(tmp_path / "log")
-    shuffled = world.frame.copy()
-    shuffled["TX_FRAUD"] = np.random.default_rng(0).permutation(shuffled["TX_FRAUD"].to_numpy())
-    worse = train_version(shuffled, registry=world.registry, repo_dir=live_stack.triton_repo,
-                          trigger="manual", parent=world.champion, recipe=FAST,
-                          end="2018-05-06", device="cpu").version
+    worse = worse_version(live_stack, world)
     try:
         outcome = retrainer.challenge(worse, retrainer.gate_window(world.frame, world.split))
         assert outcome.status == "rejected", outcome
@@ -182,6 +181,94 @@ def test_a_worse_challenger_is_rejected_on_quality(
         assert_never_loaded(live_stack, worse)
     finally:
         shutil.rmtree(live_stack.triton_repo / MODEL_NAME / str(worse))
+
+
+def worse_version(live_stack, world: World) -> int:  # noqa: ANN001
+    """A version trained on the world with its fraud labels shuffled."""
+    shuffled = world.frame.copy()
+    shuffled["TX_FRAUD"] = np.random.default_rng(0).permutation(shuffled["TX_FRAUD"].to_numpy())
+    return train_version(shuffled, registry=world.registry, repo_dir=live_stack.triton_repo,
+                         trigger="manual", parent=world.champion, recipe=FAST,
+                         end="2018-05-06", device="cpu").version
+
+
+def test_a_promoted_model_worse_on_live_labels_is_rolled_back(
+    live_stack, world: World, make_retrainer: Callable[..., Retrainer],  # noqa: ANN001
+    worker_factory: Callable[..., object], tmp_path: Path,
+) -> None:
+    """Promoted by hand past the gate, a worse model serves live traffic; once its
+    matured labels show it below its predecessor, the retrainer serves N again."""
+    n = world.champion
+    log_dir = tmp_path / "feature_log"
+    # No retraining in this test: the cooldown never ends.
+    retrainer = make_retrainer(
+        log_dir, {"trigger": TriggerPolicy(schedule_days=None, cooldown_seconds=float("inf"),
+                                           follow_up_days=None),
+                  "rollback_min_rows": 1000, "rollback_min_positives": 10},
+        shadow_rows=200, shadow_timeout_s=60, drain_timeout_s=60)
+    retrainer.state.last_started = 0.0
+    worse = worse_version(live_stack, world)
+    frame = world.frame.copy()
+    for column in ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID"):
+        frame[column] = frame[column] + 5_000_000
+    app_id = f"rollback-{uuid.uuid4().hex[:8]}"
+    worker_factory(role="labels", app_id=f"{app_id}-labels")
+    worker_factory(role="score", mode="live", app_id=app_id, labels_group=f"{app_id}-labels",
+                   feature_log=str(log_dir))
+    kafka, settings = live_stack.endpoints.kafka, live_stack.settings
+    scores_start = topic_end_offsets(kafka, settings, SCORES)
+    events_start = topic_end_offsets(kafka, settings, MODEL_EVENTS)
+    days = (frame["TX_DATETIME"].max() - frame["TX_DATETIME"].min()).days + 1
+    feed = threading.Thread(target=replay, daemon=True, args=(
+        Dataset.from_frame(frame), kafka, settings,
+        ReplayOptions(progress=False, speed=days * DAY / 90)))
+    feed.start()
+    try:
+        deadline = time.monotonic() + 90
+        while len(read_feature_log(log_dir)) < len(frame) // 4:
+            assert time.monotonic() < deadline, "the worker scored too little"
+            time.sleep(0.5)
+        assert retrainer.swap_to(worse, reason="test: a worse model promoted by hand")
+        assert world.registry.champion() == worse
+        verdict = None
+        deadline = time.monotonic() + 150
+        while world.registry.champion() == worse:
+            assert time.monotonic() < deadline, f"no rollback; last verdict {verdict}"
+            verdict = retrainer.step().rollback or verdict
+            time.sleep(1.0)
+        after_rollback = topic_end_offsets(kafka, settings, SCORES)
+    finally:
+        feed.join(150)
+    assert verdict is not None and verdict.roll_back is True, verdict
+    assert verdict.new is not None and verdict.old is not None
+    assert verdict.new.average_precision < verdict.old.average_precision - 0.01
+    assert world.registry.champion() == n
+    assert world.registry.get(worse).status == "rolled_back"
+    assert triton_ready_versions(live_stack.endpoints.triton) == [n]
+    events = model_events(live_stack, events_start, {"promoted", "rollback_check", "rollback"})
+    names = [e["event"] for e in events]
+    assert names.index("promoted") < names.index("rollback_check") < names.index("rollback")
+    rollback = events[names.index("rollback")]
+    assert (rollback["version"], rollback["previous"]) == (n, worse)
+
+    # Every partition served N, then the worse model, then N again, never mixed.
+    wanted = set(frame["TRANSACTION_ID"].tolist())
+    seen: set[int] = set()
+
+    def done(received: list[Received]) -> bool:
+        seen.update(json.loads(r.value)["tx_id"] for r in received[len(seen):])
+        return wanted <= seen
+
+    received = consume(kafka, settings, SCORES, until=done, start=scores_start, timeout_s=120)
+    mine = sorted((r.partition, r.offset, Score.parse(r.value).model_version)
+                  for r in received if json.loads(r.value)["tx_id"] in wanted)
+    assert {v for *_, v in mine} == {n, worse}
+    for partition in {p for p, _, _ in mine}:
+        runs = [v for p, _, v in mine if p == partition]
+        changes = [v for i, v in enumerate(runs) if i == 0 or runs[i - 1] != v]
+        assert changes in ([n, worse, n], [n, worse], [n]), (partition, changes)
+    after = [v for p, o, v in mine if o >= after_rollback[p]]
+    assert after and set(after) == {n}, "the stream went on, scored by N again"
 
 
 class SteadyProducer(threading.Thread):
