@@ -24,6 +24,7 @@ from typing import Literal
 
 import faust
 
+from streams.changelog import ChangelogBarrier
 from streams.labels import LabelPipeline
 from streams.metrics import WorkerMetrics
 from streams.pipeline import ScoringPipeline
@@ -122,6 +123,7 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
         # value_type=bytes makes Faust use the "raw" codec for the table and its changelog.
         card_history = app.Table("card-history", default=bytes, key_type=str,
                                  value_type=bytes, partitions=settings.partitions)
+        card_changelog = ChangelogBarrier(card_history)
         scoring = ScoringPipeline(config, metrics)
         pipelines.append(scoring)
 
@@ -130,12 +132,13 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
             await scoring.started.wait()
             async for events in stream.take_events(config.batch_max,
                                                    within=config.batch_wait_s):
-                await scoring.process(stream, list(events), card_history)
+                await scoring.process(stream, list(events), card_history, card_changelog)
 
     if config.role in ("labels", "all"):
         labels = app.topic(LABELS, key_serializer="raw", value_serializer="raw")
         terminal_labels = app.Table("terminal-labels", default=bytes, key_type=str,
                                     value_type=bytes, partitions=settings.partitions)
+        terminal_changelog = ChangelogBarrier(terminal_labels)
         labelling = LabelPipeline(config, metrics)
         pipelines.append(labelling)
 
@@ -144,7 +147,8 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
             await labelling.started.wait()
             async for events in stream.take_events(config.batch_max,
                                                    within=config.batch_wait_s):
-                await labelling.process(stream, list(events), terminal_labels)
+                await labelling.process(stream, list(events), terminal_labels,
+                                        terminal_changelog)
 
     @app.task
     async def start_pipelines() -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import faust
 import numpy as np
 
+from streams.changelog import ChangelogBarrier
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.features import terminal_arrays, terminal_window_features, update_terminal_history
@@ -40,7 +41,7 @@ class LabelPipeline:
         self.started.set()
 
     async def process(self, stream: faust.Stream, events: list[faust.types.EventT],
-                      table: faust.Table) -> None:
+                      table: faust.Table, changelog: ChangelogBarrier) -> None:
         assert self.features is not None and self.watermark is not None
         self.metrics.labels_in.inc(len(events))
         self.metrics.observe_lag(stream, events)
@@ -67,8 +68,8 @@ class LabelPipeline:
             marks[partition] = max(marks.get(partition, 0.0), label.known_at)
         clock = self.metrics.stage("apply_labels", clock)
         # The changelog holds this batch's state before Feast or the watermark reflect
-        # it, and before the batch's offsets can be committed.
-        await stream.app.producer.flush()
+        # it, and before the batch's offsets can be committed (streams/changelog.py).
+        await changelog.wait(stream.app.producer)
         clock = self.metrics.stage("flush_changelog", clock)
         if touched:
             await asyncio.to_thread(self._push, touched, latest)

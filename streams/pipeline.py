@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import faust
 import numpy as np
 
+from streams.changelog import ChangelogBarrier
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.feature_log import FeatureLog
@@ -100,7 +101,7 @@ class ScoringPipeline:
             self.metrics.model_version.set(self.version)
 
     async def process(self, stream: faust.Stream, events: list[faust.types.EventT],
-                      card_history: faust.Table) -> None:
+                      card_history: faust.Table, changelog: ChangelogBarrier) -> None:
         """Validate, featurise, score and emit one micro-batch, then flush the outputs."""
         self.metrics.events_in.inc(len(events))
         self.metrics.observe_lag(stream, events)
@@ -134,8 +135,8 @@ class ScoringPipeline:
             accepted.append((tx, event))
         clock = self.metrics.stage("validate_and_card_features", clock)
         # The card state of this batch is in the changelog before any of its offsets
-        # can be committed.
-        await stream.app.producer.flush()
+        # can be committed (streams/changelog.py says why Faust's flush is not enough).
+        await changelog.wait(stream.app.producer)
         self.metrics.stage("flush_changelog", clock)
         if accepted:
             await self._score(accepted, np.asarray(rows, dtype=np.float64))

@@ -44,13 +44,32 @@ def shifted(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
     return frame
 
 
-def start_pair(worker_factory: Callable[..., object], log_dir: Path, app_id: str
-               ) -> tuple[object, object]:
+def start_pair(worker_factory: Callable[..., object], log_dir: Path, app_id: str,
+               log_level: str = "warn") -> tuple[object, object]:
+    logging = ["--log-level", log_level]
     labels = worker_factory(role="labels", app_id=f"{app_id}-labels",
-                            extra_args=["--batch-wait", "0.5", "--batch-max", "4096"])
+                            extra_args=["--batch-wait", "0.5", "--batch-max", "4096", *logging])
     scorer = worker_factory(role="score", mode="strict", app_id=app_id,
-                            labels_group=f"{app_id}-labels", feature_log=str(log_dir))
+                            labels_group=f"{app_id}-labels", feature_log=str(log_dir),
+                            extra_args=logging)
     return labels, scorer
+
+
+def missing_report(missing: set[int], workers: tuple[object, ...]) -> str:
+    """What a failed restart left: the missing ids, and what each worker says."""
+    ids = sorted(missing)
+    runs = sum(1 for a, b in zip(ids, ids[1:], strict=False) if b != a + 1) + 1 if ids else 0
+    lines = [f"{len(ids)} transactions never scored, ids {ids[:1]}..{ids[-1:]} in {runs} runs"]
+    for worker in workers:
+        samples = worker.metrics() if worker.alive() else {}
+        wanted = {k: v for k, v in samples.items() if k.startswith((
+            "factory_events_in_total", "factory_events_scored_total",
+            "factory_events_dead_lettered_total", "factory_labels_in_total",
+            "factory_label_watermark_seconds", "factory_label_staleness_seconds",
+            "factory_consumer_lag"))}
+        lines.append(f"{worker.role} worker alive={worker.alive()} {wanted} "
+                     f"log {worker.log_path}")
+    return "; ".join(lines)
 
 
 def wait_for_scores(live_stack, start: dict[int, int], wanted: set[int],  # noqa: ANN001
@@ -181,7 +200,7 @@ def test_parity_holds_across_a_kill_9_of_both_workers(
     frame = shifted(simulated, 60_000_000)
     log_dir = tmp_path / "log"
     app_id = f"restart-{uuid.uuid4().hex[:8]}"
-    labels, scorer = start_pair(worker_factory, log_dir, app_id)
+    labels, scorer = start_pair(worker_factory, log_dir, app_id, log_level="info")
     start = topic_end_offsets(live_stack.endpoints.kafka, live_stack.settings, SCORES)
     wanted = set(frame["TRANSACTION_ID"].tolist())
     tx_start = topic_end_offsets(live_stack.endpoints.kafka, live_stack.settings, TRANSACTIONS)
@@ -205,7 +224,7 @@ def test_parity_holds_across_a_kill_9_of_both_workers(
     received = wait_for_scores(live_stack, start, wanted)
     scored = [json.loads(m.value)["tx_id"] for m in received]
     mine = [tx for tx in scored if tx in wanted]
-    assert set(mine) == wanted, "no transaction is missing after the restart"
+    assert set(mine) == wanted, missing_report(wanted - set(mine), (labels, scorer))
     # Redelivered events carry exactly the features they had the first time.
     raw = pd.concat([pq.read_table(f).to_pandas() for f in log_dir.glob("*/*.parquet")])
     repeated = raw[raw.duplicated("tx_id", keep=False)]
