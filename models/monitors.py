@@ -300,6 +300,10 @@ class DriftThresholds:
         matured label.
     debounce, cooldown_seconds
         Two consecutive exceeding evaluations, then one quiet day of event time.
+    unmonitored_features
+        Features the covariate monitors leave out: a one-day window of the weekend flag
+        is all 0 or all 1, always far from a week's mix (PSI above 2 on stationary
+        traffic), so it would raise a drift every weekend and every Monday.
     """
 
     psi: float = 0.2
@@ -318,6 +322,7 @@ class DriftThresholds:
     concept_window_days: int = 7
     debounce: int = 2
     cooldown_seconds: float = SECONDS_PER_DAY
+    unmonitored_features: tuple[str, ...] = ("tx_during_weekend",)
 
 
 @dataclass(frozen=True)
@@ -434,6 +439,8 @@ class DriftMonitor:
         out = [self._decision("score_psi", "", self.profile.score.psi(scores), t.score_psi,
                               window)]
         for j, name in enumerate(self.profile.feature_names):
+            if name in t.unmonitored_features:
+                continue
             column = features[:, j]
             out.append(self._decision("feature_psi", name, self.profile.features[j].psi(column),
                                       t.psi, window))

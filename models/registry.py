@@ -188,6 +188,10 @@ class Registry:
     def champion_path(self) -> Path:
         return self.root / "champion.json"
 
+    def profile_path(self, version: int) -> Path:
+        """Where the reference profile (training histograms) of ``version`` is kept."""
+        return self.root / "profiles" / f"{version}.json"
+
     def _path(self, version: int) -> Path:
         return self.versions_dir / f"{int(version)}.json"
 

@@ -205,6 +205,8 @@ def train_version(
     try:
         publish_version(model, repo_dir, version)
         save_weights(model, weights_path(registry, version), recipe)
+        save_training_profile(registry.profile_path(version), train,
+                              predict(model, train, recipe), recipe)
         entry = ModelVersion(
             version=version, parent=parent, trigger=trigger, window=train_window,
             recipe=recipe_dict(recipe),
@@ -216,6 +218,24 @@ def train_version(
     except BaseException:
         registry.release(version)
         raise
+
+
+def save_training_profile(path: Path, rows: pd.DataFrame, scores: np.ndarray,
+                          recipe: Recipe) -> Path:
+    """The reference the drift monitors compare live rows with: histograms and a KS
+    sample of every feature (under its feature-log name) and of the score, over the
+    training rows. Written atomically to ``path``."""
+    from models.extra_features import SERVING_NAMES
+    from models.monitors import ReferenceProfile
+
+    profile = ReferenceProfile.from_frame(rows[list(recipe.features)].to_numpy(np.float32),
+                                          [SERVING_NAMES[c] for c in recipe.features],
+                                          np.asarray(scores))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(profile.to_json())
+    partial.replace(path)
+    return path
 
 
 def frame_from_simulator(

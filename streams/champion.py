@@ -30,7 +30,7 @@ from models.triton_config import MODEL_NAME
 
 def profile_path(registry: Registry, version: int) -> Path:
     """Where the reference profile of ``version`` is kept."""
-    return registry.root / "profiles" / f"{version}.json"
+    return registry.profile_path(version)
 
 
 def save_profile(registry: Registry, version: int, profile: ReferenceProfile) -> Path:

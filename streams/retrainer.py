@@ -28,14 +28,14 @@ import numpy as np
 import pandas as pd
 
 from models.gate import GateConfig, GateReport, GateWindow, evaluate_gate
-from models.monitors import DriftThresholds, ReferenceProfile
+from models.monitors import DriftThresholds
 from models.recipe import DEFAULT_RECIPE, Recipe
 from models.reference_features import TARGET_COLUMN
-from models.registry import ModelVersion, Registry
+from models.registry import Registry
 from models.simulator import SECONDS_PER_DAY
 from models.trainer import frame_from_feature_log, load_weights, train_version, weights_path
 from models.triton_config import MODEL_NAME
-from streams.champion import ChampionMonitor, choose_champion, save_profile
+from streams.champion import ChampionMonitor, choose_champion
 from streams.model_events import ModelEvents, RetrainerMetrics
 from streams.retrain_inputs import FeatureLogTail, LabelBook, LabelFeed
 from streams.retrain_policy import (
@@ -57,7 +57,6 @@ from streams.swap import (
     SwapError,
     SwapReport,
     compare_live,
-    score_onnx,
 )
 
 log = logging.getLogger(__name__)
@@ -257,7 +256,6 @@ class Retrainer:
                 end=pd.Timestamp(split.start, unit="s"), warm_start=warm)
             train_seconds = time.monotonic() - clock
             self.metrics.seconds.labels(stage="train").set(train_seconds)
-            self._save_training_profile(entry, frame)
             return self.challenge(entry.version, self.gate_window(frame, split),
                                   cycle_started=cycle_started, train_seconds=train_seconds,
                                   trigger=trigger, split=split)
@@ -278,16 +276,6 @@ class Retrainer:
                           labels=rows[TARGET_COLUMN].to_numpy(np.int64),
                           cards=rows["CUSTOMER_ID"].to_numpy(),
                           days=rows["TX_TIME_DAYS"].to_numpy())
-
-    def _save_training_profile(self, entry: ModelVersion, frame: pd.DataFrame) -> None:
-        assert entry.window is not None
-        times = pd.DatetimeIndex(frame["TX_DATETIME"])
-        rows = frame[(times >= pd.Timestamp(entry.window.start))
-                     & (times < pd.Timestamp(entry.window.end))]
-        features = rows[list(self.config.recipe.features)].to_numpy(np.float32)
-        scores = score_onnx(self.onnx_path(entry.version), features)
-        save_profile(self.registry, entry.version, ReferenceProfile.from_frame(
-            features, self.config.log_features, scores))
 
     def challenge(self, version: int, window: GateWindow, *,
                   cycle_started: float | None = None, train_seconds: float | None = None,

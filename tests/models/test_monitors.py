@@ -188,6 +188,16 @@ def test_feature_drift_flags_only_the_shifted_feature(profile: ReferenceProfile)
     assert psi_amount.n_rows == 2000 and psi_amount.window_end == HOUR
 
 
+def test_unmonitored_features_get_no_decision(profile: ReferenceProfile) -> None:
+    """The shifted feature is left out when listed (the weekend flag is by default)."""
+    monitor = _monitor(profile, debounce=1, unmonitored_features=("amount",))
+    _feed_hour(monitor, 0, shift=1.0, seed=10)
+    decisions = monitor.evaluate(HOUR)
+    assert {d.feature for d in decisions} == {"", "count", "risk"}
+    assert not any(d.detected for d in decisions)
+    assert DriftThresholds().unmonitored_features == ("tx_during_weekend",)
+
+
 def test_small_windows_and_old_events_are_not_judged(profile: ReferenceProfile) -> None:
     monitor = _monitor(profile, min_rows=5000)
     _feed_hour(monitor, 0, shift=1.0, seed=11)

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from models.extra_features import EXTRA_FEATURE_COLUMNS
+from models.extra_features import EXTRA_FEATURE_COLUMNS, SERVING_NAMES
+from models.monitors import ReferenceProfile
 from models.recipe import DEFAULT_RECIPE, Recipe
 from models.reference_features import FEATURE_COLUMNS
 from models.registry import Registry, UnknownVersionError
@@ -88,6 +89,11 @@ def test_train_publish_record_and_warm_start(frame: pd.DataFrame, tmp_path: Path
         assert 0.0 <= first.metrics[name] <= 1.0
     assert first.features == list(FAST.features) and first.recipe["n_members"] == 1
     assert first.train_seconds > 0 and not first.warm_start
+    # The drift monitors' reference: the training rows' histograms, under log names.
+    profile = ReferenceProfile.from_json(registry.profile_path(1).read_text())
+    assert list(profile.feature_names) == [SERVING_NAMES[c] for c in FAST.features]
+    assert len(profile.features) == len(FAST.features)
+    assert abs(float(np.sum(profile.score.proportions)) - 1.0) < 1e-6
 
     second = train_version(frame, registry=registry, repo_dir=repo, trigger="drift", parent=1,
                            recipe=FAST, end="2018-05-30", device="cpu", warm_start=True)
