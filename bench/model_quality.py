@@ -17,7 +17,9 @@ With ``--feature-log DIR`` (a stream run's offline feature log, e.g. from
 ``python -m bench.stream_parity --keep-log DIR``) the folds train and test on the
 features the stream served instead of the batch reference: the same protocol on the
 logged rows, written to ``bench/results/model_quality_feature_log.json`` (and ``.png``)
-with ``"source": "feature-log"`` and how many logged rows matched. Labels come from
+with ``"source": "feature-log"`` and how many logged rows matched. When ``DIR`` does not
+exist yet, the stream is run first (``bench.stream_parity --keep-log DIR`` on the same
+world, about 30 minutes), so that one command reproduces the table. Labels come from
 ``--labels`` (label records ``tx_id``, ``is_fraud``, as parquet or CSV, with the
 stream's ids), else from the simulated world the stream replayed (``--customers``,
 ``--terminals``, ``--days``; the handbook's by default): the main job numbers a run's
@@ -244,6 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         df = add_model_features(handbook_frame())
     else:
         world = {"customers": args.customers, "terminals": args.terminals, "days": args.days}
+        if not args.feature_log.exists():
+            if args.labels is not None:
+                parser.error(f"{args.feature_log} does not exist (with --labels, the "
+                             "feature log must come from the run those labels belong to)")
+            from bench import stream_parity
+
+            print(f"{args.feature_log} does not exist: replaying the world through the "
+                  "stream first (bench.stream_parity)", file=sys.stderr, flush=True)
+            code = stream_parity.main(["--keep-log", str(args.feature_log),
+                                       *(f"--{k}={v}" for k, v in world.items())])
+            if code != 0:
+                return code
         df, log_info = feature_log_frame(args.feature_log, args.labels, world)
     prepared = time.perf_counter() - started
     baseline = baseline_quality(df)

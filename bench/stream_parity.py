@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import STACK_PORTS, isolated_settings, model_repository
+from bench.common import STACK_PORTS, command_line, isolated_settings, model_repository
 from streams.job import JobSize, run
 from streams.settings import REPO_ROOT
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(size, settings=settings, triton_repo=repo)
     result = {
         "benchmark": "stream_parity",
-        "command": "python -m bench.stream_parity " + " ".join(argv or []),
+        "command": command_line("bench.stream_parity", argv),
         "size": dataclasses.asdict(size),
         "summary": dataclasses.asdict(summary),
         "total_wall_s": round(time.monotonic() - began, 1),
