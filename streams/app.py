@@ -24,7 +24,7 @@ from typing import Literal
 
 import faust
 
-from streams.changelog import ChangelogBarrier
+from streams.changelog import ChangelogBarrier, trace_commits
 from streams.labels import LabelPipeline
 from streams.metrics import WorkerMetrics
 from streams.pipeline import ScoringPipeline
@@ -152,6 +152,7 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
 
     @app.task
     async def start_pipelines() -> None:
+        trace_commits(app)
         await asyncio.gather(*(p.start() for p in pipelines))
         metrics.ready.set(1)
 

@@ -75,3 +75,34 @@ class ChangelogBarrier:
                 warned = now
                 log.warning("%d changelog writes not acknowledged after %.0f s",
                             target - self.acknowledged, now - started)
+
+
+def offset_ranges(events: list[Any]) -> dict[int, tuple[int, int]]:
+    """``{partition: (first offset, last offset)}`` of a batch's events."""
+    ranges: dict[int, tuple[int, int]] = {}
+    for event in events:
+        message = event.message
+        low, high = ranges.get(message.partition, (message.offset, message.offset))
+        ranges[message.partition] = (min(low, message.offset), max(high, message.offset))
+    return ranges
+
+
+def log_batch(role: str, events: list[Any]) -> None:
+    """At INFO: the offsets a batch covers (with :func:`trace_commits`, what a restart
+    test needs to tell "never processed" from "committed past")."""
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s batch of %d: %s", role, len(events), offset_ranges(events))
+
+
+def trace_commits(app: Any) -> None:
+    """At INFO: every offset commit of ``app`` (the next offset to read, per partition)."""
+    monitor = app.monitor
+    original = monitor.on_tp_commit
+
+    def logged(tp_offsets: Any) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info("committed %s", {f"{tp.topic}:{tp.partition}": offset
+                                      for tp, offset in tp_offsets.items()})
+        original(tp_offsets)
+
+    monitor.on_tp_commit = logged

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import faust
 import numpy as np
 
-from streams.changelog import ChangelogBarrier
+from streams.changelog import ChangelogBarrier, log_batch
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.features import terminal_arrays, terminal_window_features, update_terminal_history
@@ -45,6 +45,7 @@ class LabelPipeline:
         assert self.features is not None and self.watermark is not None
         self.metrics.labels_in.inc(len(events))
         self.metrics.observe_lag(stream, events)
+        log_batch("labels", events)
         clock = time.perf_counter()
         touched: dict[str, bytes] = {}
         latest: dict[str, float] = {}

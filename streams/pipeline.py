@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import faust
 import numpy as np
 
-from streams.changelog import ChangelogBarrier
+from streams.changelog import ChangelogBarrier, log_batch
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.feature_log import FeatureLog
@@ -106,6 +106,7 @@ class ScoringPipeline:
         self.metrics.events_in.inc(len(events))
         self.metrics.observe_lag(stream, events)
         self.metrics.batch_size.observe(len(events))
+        log_batch("score", events)
         clock = time.perf_counter()
         accepted: list[tuple[Transaction, faust.types.EventT]] = []
         rows: list[list[float]] = []

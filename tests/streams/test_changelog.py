@@ -74,3 +74,14 @@ def test_nothing_written_returns_without_flushing() -> None:
     producer = SlowProducer(table, idle_flushes=0)
     asyncio.run(barrier.wait(producer))
     assert producer.flushes == 0
+
+
+def test_offset_ranges_per_partition() -> None:
+    from types import SimpleNamespace
+
+    from streams.changelog import offset_ranges
+
+    events = [SimpleNamespace(message=SimpleNamespace(partition=p, offset=o))
+              for p, o in ((0, 7), (1, 3), (0, 5), (0, 9), (1, 4))]
+    assert offset_ranges(events) == {0: (5, 9), 1: (3, 4)}
+    assert offset_ranges([]) == {}

@@ -55,11 +55,21 @@ def start_pair(worker_factory: Callable[..., object], log_dir: Path, app_id: str
     return labels, scorer
 
 
-def missing_report(missing: set[int], workers: tuple[object, ...]) -> str:
-    """What a failed restart left: the missing ids, and what each worker says."""
+def missing_report(missing: set[int], workers: tuple[object, ...], live_stack=None,  # noqa: ANN001
+                   tx_start: dict[int, int] | None = None) -> str:
+    """What a failed restart left: the missing ids (and where they are in the
+    transactions topic), and what each worker says."""
     ids = sorted(missing)
     runs = sum(1 for a, b in zip(ids, ids[1:], strict=False) if b != a + 1) + 1 if ids else 0
     lines = [f"{len(ids)} transactions never scored, ids {ids[:1]}..{ids[-1:]} in {runs} runs"]
+    if live_stack is not None and tx_start is not None and ids:
+        found: dict[int, list[int]] = {}
+        for message in consume(live_stack.endpoints.kafka, live_stack.settings, TRANSACTIONS,
+                               start=tx_start, until=lambda got: False, timeout_s=10):
+            if json.loads(message.value)["tx_id"] in missing:
+                found.setdefault(message.partition, []).append(message.offset)
+        lines.append("their (partition: offsets) in transactions: "
+                     + str({p: (min(o), max(o), len(o)) for p, o in sorted(found.items())}))
     for worker in workers:
         samples = worker.metrics() if worker.alive() else {}
         wanted = {k: v for k, v in samples.items() if k.startswith((
@@ -227,7 +237,8 @@ def test_parity_holds_across_a_kill_9_of_both_workers(
     received = wait_for_scores(live_stack, start, wanted)
     scored = [json.loads(m.value)["tx_id"] for m in received]
     mine = [tx for tx in scored if tx in wanted]
-    assert set(mine) == wanted, missing_report(wanted - set(mine), (labels, scorer))
+    assert set(mine) == wanted, missing_report(wanted - set(mine), (labels, scorer),
+                                               live_stack, tx_start)
     # Redelivered events carry exactly the features they had the first time.
     raw = pd.concat([pq.read_table(f).to_pandas() for f in log_dir.glob("*/*.parquet")])
     repeated = raw[raw.duplicated("tx_id", keep=False)]
