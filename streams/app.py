@@ -93,18 +93,6 @@ def _broker_credentials(settings: Settings):  # noqa: ANN202 - faust credential 
     return faust.SSLCredentials(context)
 
 
-async def _until_recovered(app: faust.App) -> None:
-    """Start reading the stream only once table recovery is complete and the flow is on.
-
-    A stream that reads a message while Faust's flow control is off (recovery after a
-    restart) skips it and acknowledges it as skipped, so the next commit passes it and
-    it is never processed: a restarted worker lost its first fetch of every partition.
-    """
-    await app.tables.wait_until_recovery_completed()
-    while not app.flow_control.is_active():
-        await asyncio.sleep(0.05)
-
-
 def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> faust.App:
     """The Faust app of one worker, with the agents and tables of its role."""
     settings = config.settings
@@ -142,7 +130,6 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
         @app.agent(transactions)
         async def score_transactions(stream: faust.Stream) -> None:
             await scoring.started.wait()
-            await _until_recovered(app)
             async for events in stream.take_events(config.batch_max,
                                                    within=config.batch_wait_s):
                 await scoring.process(stream, list(events), card_history, card_changelog)
@@ -158,7 +145,6 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
         @app.agent(labels)
         async def apply_labels(stream: faust.Stream) -> None:
             await labelling.started.wait()
-            await _until_recovered(app)
             async for events in stream.take_events(config.batch_max,
                                                    within=config.batch_wait_s):
                 await labelling.process(stream, list(events), terminal_labels,
