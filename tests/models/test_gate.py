@@ -259,3 +259,34 @@ def test_latency_is_judged_against_the_champion_measured_alongside(
     report = evaluate_gate(champion, window, champion=champion, config=strict)
     assert not report.checks["latency"]
     assert any(r.startswith("latency:") for r in report.reasons)
+
+
+def test_after_a_drift_calibration_is_judged_against_the_champion(
+    trained: tuple[FraudMLP, Calibrated], champion: Path, tmp_path: Path
+) -> None:
+    # The fraud rate jumps from 2 % to 30 %: a model calibrated on the past is far off
+    # the absolute bounds, and so is the champion on the same rows.
+    X, y = synthetic_dataset(6000, seed=3, fraud_rate=0.3)
+    rng = np.random.default_rng(4)
+    drifted = GateWindow(features=X, labels=y, cards=rng.integers(0, 1500, len(y)),
+                         days=np.repeat(np.arange(6), len(y) // 6))
+    absolute = GateConfig(ece_tolerance=None, latency_repeats=5)
+    report = evaluate_gate(champion, drifted, champion=champion, config=absolute)
+    assert not report.checks["calibration"] and report.champion_ece is None
+    relative = GateConfig(latency_repeats=5)
+    report = evaluate_gate(champion, drifted, champion=champion, config=relative)
+    assert report.checks["calibration"], report.reasons
+    assert report.ece is not None and report.ece > relative.ece_max
+    assert report.champion_ece == pytest.approx(report.ece)
+    # recalibrated to the new rate: better than the champion, passes
+    recalibrated = export_onnx(_calibrate(trained[0], X, float(y.mean())),
+                               tmp_path / "recalibrated.onnx")
+    report = evaluate_gate(recalibrated, drifted, champion=champion, config=relative)
+    assert report.checks["calibration"], report.reasons
+    assert report.ece is not None and report.champion_ece is not None
+    assert report.ece < report.champion_ece
+    # against a champion that already fits the new rate, the old calibration fails
+    report = evaluate_gate(champion, drifted, champion=recalibrated, config=relative)
+    assert not report.checks["calibration"]
+    assert any("above the champion's" in r for r in report.reasons)
+    assert any("further from 1 than the champion's" in r for r in report.reasons)
