@@ -9,24 +9,29 @@ label watermark. ``all`` runs both agents in one process (live mode only: in str
 the two must not share one consumer, or a full transactions buffer could hold back the
 labels it waits for).
 
-Outputs are produced with confluent-kafka and flushed before Faust acknowledges a batch,
-so a source offset is committed only after its score (or dead letter) is acknowledged by
-Kafka and its feature-log part is written.
+Outputs are produced with confluent-kafka and flushed before a batch counts as handled,
+and the worker commits source offsets itself (``streams/offsets.py``, not Faust's
+acknowledgements), in order per partition, so a source offset is committed only after
+its score (or dead letter) is acknowledged by Kafka, its feature-log part is written and
+its table state is in the changelog.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import faust
+from faust.types import TP
 
 from streams.changelog import ChangelogBarrier, trace_commits
 from streams.labels import LabelPipeline
 from streams.metrics import WorkerMetrics
+from streams.offsets import SourceOffsets
 from streams.pipeline import ScoringPipeline
 from streams.scoring import DecisionPolicy, ReviewBudget
 from streams.settings import Settings
@@ -116,9 +121,15 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
         datadir=str(settings.state_dir / "faust" / config.app_id),
     )
     pipelines: list[ScoringPipeline | LabelPipeline] = []
+    sources: list[SourceOffsets] = []
 
     if config.role in ("score", "all"):
-        transactions = app.topic(TRANSACTIONS, key_serializer="raw", value_serializer="raw")
+        # acks=False: Faust neither tracks nor commits this topic's offsets; the worker
+        # commits them itself once a batch is handled (streams/offsets.py says why).
+        transactions = app.topic(TRANSACTIONS, key_serializer="raw", value_serializer="raw",
+                                 acks=False)
+        transaction_offsets = source_offsets(app, config, TRANSACTIONS)
+        sources.append(transaction_offsets)
         # Values are a card's state as raw bytes (streams.features.CARD_DTYPE records):
         # value_type=bytes makes Faust use the "raw" codec for the table and its changelog.
         card_history = app.Table("card-history", default=bytes, key_type=str,
@@ -132,10 +143,15 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
             await scoring.started.wait()
             async for events in stream.take_events(config.batch_max,
                                                    within=config.batch_wait_s):
-                await scoring.process(stream, list(events), card_history, card_changelog)
+                async with transaction_offsets.batch(list(events)) as admitted:
+                    if admitted:
+                        await scoring.process(stream, admitted, card_history,
+                                              card_changelog)
 
     if config.role in ("labels", "all"):
-        labels = app.topic(LABELS, key_serializer="raw", value_serializer="raw")
+        labels = app.topic(LABELS, key_serializer="raw", value_serializer="raw", acks=False)
+        label_offsets = source_offsets(app, config, LABELS)
+        sources.append(label_offsets)
         terminal_labels = app.Table("terminal-labels", default=bytes, key_type=str,
                                     value_type=bytes, partitions=settings.partitions)
         terminal_changelog = ChangelogBarrier(terminal_labels)
@@ -147,8 +163,22 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
             await labelling.started.wait()
             async for events in stream.take_events(config.batch_max,
                                                    within=config.batch_wait_s):
-                await labelling.process(stream, list(events), terminal_labels,
-                                        terminal_changelog)
+                async with label_offsets.batch(list(events)) as admitted:
+                    if admitted:
+                        await labelling.process(stream, admitted, terminal_labels,
+                                                terminal_changelog)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def finish_before_revoke(sender: faust.App, revoked: set[TP], **_: object) -> None:
+        # The batch in hand finishes and commits before the partitions move.
+        for source in sources:
+            async with source.lock:
+                source.rewind(tp.partition for tp in revoked if tp.topic == source.topic)
+
+    @app.timer(1.0)
+    async def seek_back_to_holes() -> None:
+        for source in sources:
+            await source.reseek()
 
     @app.task
     async def start_pipelines() -> None:
@@ -157,5 +187,46 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
         metrics.ready.set(1)
 
     app.pipelines = pipelines  # type: ignore[attr-defined]
+    app.sources = sources  # type: ignore[attr-defined]
     app.metrics = metrics  # type: ignore[attr-defined]
     return app
+
+
+def source_offsets(app: faust.App, config: WorkerConfig, topic: str) -> SourceOffsets:
+    """:class:`SourceOffsets` of ``topic`` for the worker's group, through ``app``'s consumer."""
+    settings = config.settings
+
+    def read_committed(partitions: list[int]) -> dict[int, int | None]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({**settings.kafka.client_config(config.kafka),
+                             "group.id": config.app_id, "enable.auto.commit": False})
+        try:
+            found = consumer.committed([TopicPartition(topic, p) for p in partitions],
+                                       timeout=30)
+            starts: dict[int, int | None] = {}
+            for tp in found:
+                if tp.offset >= 0:
+                    starts[tp.partition] = tp.offset
+                elif config.offset_reset == "earliest":
+                    low, _ = consumer.get_watermark_offsets(tp, timeout=30)
+                    starts[tp.partition] = low
+                else:
+                    starts[tp.partition] = None
+            return starts
+        finally:
+            consumer.close()
+
+    async def committed(partitions: list[int]) -> dict[int, int | None]:
+        return await asyncio.to_thread(read_committed, partitions)
+
+    async def seek(partition: int, offset: int) -> None:
+        await app.consumer.seek_wait({TP(topic, partition): offset})
+
+    async def commit(offsets: Mapping[int, int]) -> bool:
+        # The driver's commit of explicit offsets (Faust's public commit() commits only
+        # what it tracked as acknowledged, and this topic is not tracked).
+        return bool(await app.consumer._commit(  # type: ignore[attr-defined]
+            {TP(topic, p): offset for p, offset in offsets.items()}))
+
+    return SourceOffsets(topic, committed, seek, commit)
