@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import faust
-from faust.types import TP
+from faust.types import TP, Message
 
 from streams.changelog import ChangelogBarrier, trace_commits
 from streams.labels import LabelPipeline
@@ -175,11 +176,6 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
             async with source.lock:
                 source.rewind(tp.partition for tp in revoked if tp.topic == source.topic)
 
-    @app.timer(1.0)
-    async def seek_back_to_holes() -> None:
-        for source in sources:
-            await source.reseek()
-
     @app.task
     async def start_pipelines() -> None:
         trace_commits(app)
@@ -220,8 +216,34 @@ def source_offsets(app: faust.App, config: WorkerConfig, topic: str) -> SourceOf
     async def committed(partitions: list[int]) -> dict[int, int | None]:
         return await asyncio.to_thread(read_committed, partitions)
 
-    async def seek(partition: int, offset: int) -> None:
-        await app.consumer.seek_wait({TP(topic, partition): offset})
+    def read_range(partition: int, start: int, end: int) -> list[FilledEvent]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({**settings.kafka.client_config(config.kafka),
+                             "group.id": f"{config.app_id}-fill", "enable.auto.commit": False,
+                             "auto.offset.reset": "error"})
+        found: list[FilledEvent] = []
+        try:
+            consumer.assign([TopicPartition(topic, partition, start)])
+            deadline = time.monotonic() + 60.0
+            while time.monotonic() < deadline:
+                record = consumer.poll(1.0)
+                if record is None:
+                    continue
+                if record.error() is not None:
+                    raise RuntimeError(f"reading {topic}:{partition} {start}-{end - 1}: "
+                                       f"{record.error()}")
+                if record.offset() >= end:
+                    return found  # offsets before it hold no record (markers)
+                found.append(FilledEvent.of(record))
+                if record.offset() == end - 1:
+                    return found
+            raise TimeoutError(f"reading {topic}:{partition} {start}-{end - 1} took 60 s")
+        finally:
+            consumer.close()
+
+    async def fill(partition: int, start: int, end: int) -> list[FilledEvent]:
+        return await asyncio.to_thread(read_range, partition, start, end)
 
     async def commit(offsets: Mapping[int, int]) -> bool:
         # The driver's commit of explicit offsets (Faust's public commit() commits only
@@ -229,4 +251,21 @@ def source_offsets(app: faust.App, config: WorkerConfig, topic: str) -> SourceOf
         return bool(await app.consumer._commit(  # type: ignore[attr-defined]
             {TP(topic, p): offset for p, offset in offsets.items()}))
 
-    return SourceOffsets(topic, committed, seek, commit)
+    return SourceOffsets(topic, committed, fill, commit)
+
+
+@dataclass
+class FilledEvent:
+    """A source record read from Kafka directly to fill a hole, shaped as a Faust event
+    for the pipelines (they read ``event.message`` only)."""
+
+    message: Message
+
+    @classmethod
+    def of(cls, record: Any) -> FilledEvent:
+        """From a confluent-kafka message."""
+        _, stamp = record.timestamp()
+        return cls(Message(
+            record.topic(), record.partition(), record.offset(),
+            stamp / 1000.0 if stamp and stamp > 0 else 0.0, 0, record.headers() or [],
+            record.key(), record.value(), None))

@@ -21,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Any
+
+from faust import streams as faust_streams
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,20 @@ class ChangelogBarrier:
                 warned = now
                 log.warning("%d changelog writes not acknowledged after %.0f s",
                             target - self.acknowledged, now - started)
+
+
+def write_as(event: Any) -> None:
+    """Make the table writes that follow go to ``event``'s partition (its changelog).
+
+    Faust tables read the event being processed from a context variable. This sets only
+    that variable: ``Stream._set_current_event`` also sets ``Stream.current_event``,
+    which ``take_events``' buffer reads for the next event it adds, after waiting for
+    the batch in hand to be processed; set from the batch, it put an event of the
+    previous batch in place of the new one, so the new one was never processed (one
+    event lost at a batch boundary now and then, found by the worker's own source
+    offsets, ``streams/offsets.py``).
+    """
+    faust_streams._current_event.set(weakref.ref(event))
 
 
 def offset_ranges(events: list[Any]) -> dict[int, tuple[int, int]]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import faust
 import numpy as np
 
-from streams.changelog import ChangelogBarrier, log_batch
+from streams.changelog import ChangelogBarrier, log_batch, write_as
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.features import terminal_arrays, terminal_window_features, update_terminal_history
@@ -61,7 +61,7 @@ class LabelPipeline:
                                             label.tx_id, label.event_time, label.is_fraud,
                                             label.known_at)
             # Every label writes its terminal's state, in the partition of that label.
-            stream._set_current_event(event)
+            write_as(event)
             table[key] = state
             touched[key] = state
             latest[key] = max(latest.get(key, 0.0), label.known_at)

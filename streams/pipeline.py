@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import faust
 import numpy as np
 
-from streams.changelog import ChangelogBarrier, log_batch
+from streams.changelog import ChangelogBarrier, log_batch, write_as
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.feature_log import FeatureLog
@@ -125,7 +125,7 @@ class ScoringPipeline:
                 state, card_features = update_card_history(
                     state, tx.event_time, tx.amount, tx.tx_id
                 )
-                stream._set_current_event(event)
+                write_as(event)
                 card_history[key] = state
             except Exception as exc:  # noqa: BLE001 - a poison event must not stop the worker
                 self.emitter.dead_letter(event, "features", exc)
