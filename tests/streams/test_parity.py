@@ -199,13 +199,6 @@ def assert_point_in_time_training_set(live_stack, logged: pd.DataFrame,  # noqa:
                        atol=1e-9)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue #4: a kill -9 still loses work in some runs. The changelog barrier "
-    "(streams/changelog.py) fixed one cause, Faust's flush giving up after 0.1 s; after "
-    "it, 2 of 11 runs beside two CPU burners and each of 3 clean-clone CI runs failed "
-    "(5 quiet solo runs passed): a restarted worker's first batch starts 20-30 offsets "
-    "after the last commit on every partition and the next commit passes the messages "
-    "in between (terminal labels lost, or transactions never scored)"))
 def test_parity_holds_across_a_kill_9_of_both_workers(
     live_stack, worker_factory: Callable[..., object], simulated: pd.DataFrame,  # noqa: ANN001
     tmp_path: Path,
