@@ -44,6 +44,9 @@ class SwapConfig:
         Shadow-scored rows in the feature log before promotion.
     shadow_timeout_s
         Promote anyway after this long (wall seconds) unless the shadow mostly failed.
+    shadow_idle_s
+        Promote as soon as no shadow row was logged for this long (the traffic stopped,
+        as at the end of a replay): waiting for the timeout would only delay the swap.
     drain_timeout_s
         Longest wait for every live worker to acknowledge the new route; N stays
         loaded when it passes.
@@ -53,6 +56,7 @@ class SwapConfig:
 
     shadow_rows: int = 2000
     shadow_timeout_s: float = 120.0
+    shadow_idle_s: float = 20.0
     drain_timeout_s: float = 60.0
     poll_s: float = 0.5
 
@@ -254,16 +258,26 @@ class ModelSwapper:
             log.exception("could not load %s again", versions)
 
     def _wait_for_shadow(self, version: int) -> ShadowStats:
-        deadline = time.monotonic() + self.config.shadow_timeout_s
+        config = self.config
+        started = last_growth = time.monotonic()
+        rows = -1
         while True:
             stats = self.shadow_stats(version)
-            if stats.rows >= self.config.shadow_rows or time.monotonic() >= deadline:
-                if stats.rows < self.config.shadow_rows:
-                    log.warning("shadow of %d: %d rows after %.0f s (wanted %d); promoting",
-                                version, stats.rows, self.config.shadow_timeout_s,
-                                self.config.shadow_rows)
+            now = time.monotonic()
+            if stats.rows > rows:
+                rows, last_growth = stats.rows, now
+            if stats.rows >= config.shadow_rows:
                 return stats
-            time.sleep(self.config.poll_s)
+            if now - started >= config.shadow_timeout_s:
+                log.warning("shadow of %d: %d rows after %.0f s (wanted %d); promoting",
+                            version, stats.rows, config.shadow_timeout_s, config.shadow_rows)
+                return stats
+            if now - last_growth >= config.shadow_idle_s:
+                log.warning("shadow of %d: %d rows, none in the last %.0f s (no traffic; "
+                            "wanted %d); promoting", version, stats.rows,
+                            config.shadow_idle_s, config.shadow_rows)
+                return stats
+            time.sleep(config.poll_s)
 
     def _drain_and_unload(self, route: Route, *, keep: int, drop: int,
                           report: SwapReport) -> None:
