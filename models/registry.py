@@ -131,20 +131,26 @@ class ModelVersion:
         return cls(**values)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file renamed into place."""
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a temporary file beside it, synced, renamed
+    into place (a reader sees the old file or the new one, never a part)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=2, sort_keys=False)
-            out.write("\n")
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` as indented JSON, atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def published_dirs(repo_dir: Path | str, model_name: str = MODEL_NAME) -> list[int]:

@@ -28,7 +28,7 @@ from models.export import publish_version
 from models.extra_features import add_model_features
 from models.recipe import DEFAULT_RECIPE, BinnedMLP, FraudEnsemble, Recipe, fit_fraud_model, predict
 from models.reference_features import TARGET_COLUMN
-from models.registry import ModelVersion, Registry, Trigger, Window
+from models.registry import ModelVersion, Registry, Trigger, Window, write_text_atomic
 from models.train import Device
 from models.triton_config import MODEL_NAME, ConfigError, read_model_config
 
@@ -231,11 +231,7 @@ def save_training_profile(path: Path, rows: pd.DataFrame, scores: np.ndarray,
     profile = ReferenceProfile.from_frame(rows[list(recipe.features)].to_numpy(np.float32),
                                           [SERVING_NAMES[c] for c in recipe.features],
                                           np.asarray(scores))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(profile.to_json())
-    partial.replace(path)
-    return path
+    return write_text_atomic(path, profile.to_json())
 
 
 def frame_from_simulator(

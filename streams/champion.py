@@ -23,7 +23,13 @@ from models.monitors import (
     QualityBaseline,
     ReferenceProfile,
 )
-from models.registry import ModelVersion, Registry, UnknownVersionError, published_dirs
+from models.registry import (
+    ModelVersion,
+    Registry,
+    UnknownVersionError,
+    published_dirs,
+    write_text_atomic,
+)
 from models.simulator import SECONDS_PER_DAY
 from models.triton_config import MODEL_NAME
 
@@ -35,12 +41,7 @@ def profile_path(registry: Registry, version: int) -> Path:
 
 def save_profile(registry: Registry, version: int, profile: ReferenceProfile) -> Path:
     """Write the profile of ``version`` (atomically)."""
-    path = profile_path(registry, version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(profile.to_json())
-    partial.replace(path)
-    return path
+    return write_text_atomic(profile_path(registry, version), profile.to_json())
 
 
 def choose_champion(registry: Registry, repo_dir: Path) -> int:
