@@ -12,8 +12,9 @@ redelivered transactions whose card features differ from the first delivery).
 
 :class:`ChangelogBarrier` counts the table's changelog writes and the delivery callbacks
 Kafka's acknowledgements trigger, and :meth:`ChangelogBarrier.wait` flushes until every
-write made so far is acknowledged. A batch's events are acknowledged to Faust only after
-its ``process`` returns, so no offset reaches a commit before its state is durable.
+write made so far is acknowledged. A batch's source offsets are committed only after its
+``process`` returns (``streams/offsets.py``), so no offset is committed before its state
+is durable.
 """
 
 from __future__ import annotations
