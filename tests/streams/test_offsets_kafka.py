@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import faust
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.app import WorkerConfig, create_app, source_offsets
+from streams.app import WorkerConfig, source_offsets
 from streams.clients import produce
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,9 @@ def test_a_hole_is_read_from_kafka_record_for_record(live_stack) -> None:  # noq
     config = WorkerConfig(kafka=kafka, redis_url=live_stack.endpoints.redis,
                           triton_url=live_stack.endpoints.triton, settings=settings,
                           app_id=f"fill-{uuid.uuid4().hex[:8]}", role="labels")
-    offsets = source_offsets(create_app(config), config, topic)
+    # A bare app: the read and the committed offsets do not go through its consumer.
+    app = faust.App(config.app_id, broker=f"kafka://{kafka}", web_enabled=False)
+    offsets = source_offsets(app, config, topic)
 
     async def scenario() -> list[int | None]:
         filled = await offsets._fill(0, 3, 9)
