@@ -30,7 +30,7 @@ from streams.records import Score
 from streams.router import ModelRouter
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import SCORES
-from streams.worker import WorkerProcess
+from streams.worker import WorkerProcess, replay_workers
 
 TRITON_REPO = REPO_ROOT / "triton_repo"
 
@@ -242,19 +242,7 @@ def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings |
         run_dir.mkdir(parents=True)
         # Fresh transaction ids per run, so that earlier runs never count here.
         frame["TRANSACTION_ID"] = (int(time.time()) % 10**8) * 10**7 + np.arange(len(frame))
-        common = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)},
-                  "offset_reset": "latest"}
-        workers = [
-            WorkerProcess(settings, f"factory-{run_id}-labels", role="labels",
-                          extra_args=["--batch-wait", "0.5", "--batch-max", "4096"],
-                          log_path=str(run_dir / "labels-worker.log"),
-                          metrics_port=settings.worker_metrics_port + 1, **common),
-            WorkerProcess(settings, f"factory-{run_id}", role="score", mode="strict",
-                          labels_group=f"factory-{run_id}-labels",
-                          feature_log=str(run_dir / "feature_log"),
-                          log_path=str(run_dir / "score-worker.log"),
-                          metrics_port=settings.worker_metrics_port, **common),
-        ]
+        workers = replay_workers(settings, f"factory-{run_id}", run_dir)
         log(f"starting a labels worker and a scoring worker (run {run_id}, strict replay)")
         for worker in workers:
             worker.start(endpoints.kafka)

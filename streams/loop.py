@@ -31,7 +31,7 @@ from streams.records import Score
 from streams.router import ModelRouter
 from streams.settings import Settings
 from streams.topics import LABELS, MODEL_EVENTS, SCORES
-from streams.worker import WorkerProcess
+from streams.worker import WorkerProcess, replay_workers
 
 DAY = 86400.0
 
@@ -131,19 +131,7 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         log(f"version {entry.version} serves (validation AP "
             f"{entry.metrics['average_precision']:.3f})")
 
-        common = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)},
-                  "offset_reset": "latest"}
-        workers = [
-            WorkerProcess(settings, f"loop-{run_id}-labels", role="labels",
-                          extra_args=["--batch-wait", "0.5", "--batch-max", "4096"],
-                          log_path=str(run_dir / "labels-worker.log"),
-                          metrics_port=settings.worker_metrics_port + 1, **common),
-            WorkerProcess(settings, f"loop-{run_id}", role="score", mode="strict",
-                          labels_group=f"loop-{run_id}-labels",
-                          feature_log=str(run_dir / "feature_log"),
-                          log_path=str(run_dir / "score-worker.log"),
-                          metrics_port=settings.worker_metrics_port, **common),
-        ]
+        workers = replay_workers(settings, f"loop-{run_id}", run_dir)
         log("starting a labels worker, a scoring worker and the retrainer")
         for worker in workers:
             worker.start(endpoints.kafka)

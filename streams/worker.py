@@ -225,3 +225,21 @@ def wait_for_group(bootstrap: str, settings: Settings, group: str,
             pass
         time.sleep(0.5)
     raise RuntimeError(f"worker group {group!r} did not take its partitions in {timeout_s:.0f} s")
+
+
+def replay_workers(settings: Settings, app_id: str, run_dir: Path) -> list[WorkerProcess]:
+    """The labels worker and the strict-replay scoring worker of one run, logging into
+    ``run_dir`` (worker logs and the feature log); not started."""
+    common: dict = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)},
+                    "offset_reset": "latest"}
+    return [
+        WorkerProcess(settings, f"{app_id}-labels", role="labels",
+                      extra_args=["--batch-wait", "0.5", "--batch-max", "4096"],
+                      log_path=str(run_dir / "labels-worker.log"),
+                      metrics_port=settings.worker_metrics_port + 1, **common),
+        WorkerProcess(settings, app_id, role="score", mode="strict",
+                      labels_group=f"{app_id}-labels",
+                      feature_log=str(run_dir / "feature_log"),
+                      log_path=str(run_dir / "score-worker.log"),
+                      metrics_port=settings.worker_metrics_port, **common),
+    ]
