@@ -43,40 +43,44 @@ def main(argv: list[str] | None = None) -> int:
                              "folder is deleted")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="stream-parity-"))
-    repo = model_repository(work / "triton_repo")
-    settings = isolated_settings(work / "state", STACK_PORTS)
-    size = JobSize(args.customers, args.terminals, args.days,
-                   test_days=(args.days - 7, args.days))
-    began = time.monotonic()
-    summary = run(size, settings=settings, triton_repo=repo)
-    result = {
-        "benchmark": "stream_parity",
-        "command": command_line("bench.stream_parity", argv),
-        "size": dataclasses.asdict(size),
-        "summary": dataclasses.asdict(summary),
-        "total_wall_s": round(time.monotonic() - began, 1),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print("\n| figure | value |\n|---|---|")
-    print(f"| transactions | {summary.produced:,} |")
-    print(f"| scored (distinct) | {summary.distinct:,} |")
-    print(f"| duplicates | {summary.duplicates} |")
-    print(f"| rows equal to the batch reference (1e-6) | {summary.parity_rows:,} |")
-    print(f"| rows that differ | {summary.skew_rows} |")
-    print(f"| replay-to-last-score wall s | {summary.wall_s:,.1f} |")
-    print(f"| events/s (features + scoring, strict) | {summary.events_per_s:,.0f} |")
-    print(f"\nwritten to {RESULTS.relative_to(REPO_ROOT)}")
-    if args.keep_log is not None:
-        logs = sorted((settings.state_dir / "runs").glob("*/feature_log"))
-        if len(logs) != 1:
-            raise SystemExit(f"expected one run's feature log, found {len(logs)}; "
-                             f"nothing copied (kept {work})")
-        shutil.copytree(logs[0], args.keep_log, dirs_exist_ok=True)
-        print(f"feature log copied to {args.keep_log}")
-    shutil.rmtree(work, ignore_errors=True)
+    # The run's state (Kafka log, feature log) takes gigabytes: removed however the
+    # run ends.
+    try:
+        repo = model_repository(work / "triton_repo")
+        settings = isolated_settings(work / "state", STACK_PORTS)
+        size = JobSize(args.customers, args.terminals, args.days,
+                       test_days=(args.days - 7, args.days))
+        began = time.monotonic()
+        summary = run(size, settings=settings, triton_repo=repo)
+        result = {
+            "benchmark": "stream_parity",
+            "command": command_line("bench.stream_parity", argv),
+            "size": dataclasses.asdict(size),
+            "summary": dataclasses.asdict(summary),
+            "total_wall_s": round(time.monotonic() - began, 1),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+        }
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2))
+        print("\n| figure | value |\n|---|---|")
+        print(f"| transactions | {summary.produced:,} |")
+        print(f"| scored (distinct) | {summary.distinct:,} |")
+        print(f"| duplicates | {summary.duplicates} |")
+        print(f"| rows equal to the batch reference (1e-6) | {summary.parity_rows:,} |")
+        print(f"| rows that differ | {summary.skew_rows} |")
+        print(f"| replay-to-last-score wall s | {summary.wall_s:,.1f} |")
+        print(f"| events/s (features + scoring, strict) | {summary.events_per_s:,.0f} |")
+        print(f"\nwritten to {RESULTS.relative_to(REPO_ROOT)}")
+        if args.keep_log is not None:
+            logs = sorted((settings.state_dir / "runs").glob("*/feature_log"))
+            if len(logs) != 1:
+                raise SystemExit(f"expected one run's feature log, found {len(logs)}; "
+                                 "nothing copied")
+            shutil.copytree(logs[0], args.keep_log, dirs_exist_ok=True)
+            print(f"feature log copied to {args.keep_log}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if summary.skew_rows == 0 and summary.distinct == summary.produced else 1
 
 
