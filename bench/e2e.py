@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         # The producer goes before the broker, or librdkafka logs its reconnect attempts.
         feed = None
         stack.down(services, echo=False)
+        shutil.rmtree(work, ignore_errors=True)  # the run's Kafka log: gigabytes
 
     def cpu(after: dict[str, float | None], before: dict[str, float | None]) -> dict:
         return {k: round(v - (before[k] or 0.0), 2) if v is not None else None
@@ -405,7 +406,6 @@ def main(argv: list[str] | None = None) -> int:
     write_report(args.output, report)
     plot(e2e_ms, record_ms, p50_by_second, rate, args.output.with_suffix(".png"))
     print_table(report, args.output)
-    shutil.rmtree(work, ignore_errors=True)
     return 0 if len(scores_a) >= args.events and len(common_ids) == paced_rows else 1
 
 
