@@ -29,7 +29,7 @@ from typing import Any, Literal
 import faust
 from faust.types import TP, Message
 
-from streams.changelog import ChangelogBarrier, trace_commits
+from streams.changelog import ChangelogBarrier
 from streams.labels import LabelPipeline
 from streams.metrics import WorkerMetrics
 from streams.offsets import SourceOffsets
@@ -178,12 +178,10 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> fa
 
     @app.task
     async def start_pipelines() -> None:
-        trace_commits(app)
         await asyncio.gather(*(p.start() for p in pipelines))
         metrics.ready.set(1)
 
     app.pipelines = pipelines  # type: ignore[attr-defined]
-    app.sources = sources  # type: ignore[attr-defined]
     app.metrics = metrics  # type: ignore[attr-defined]
     return app
 

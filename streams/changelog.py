@@ -106,21 +106,7 @@ def offset_ranges(events: list[Any]) -> dict[int, tuple[int, int]]:
 
 
 def log_batch(role: str, events: list[Any]) -> None:
-    """At INFO: the offsets a batch covers (with :func:`trace_commits`, what a restart
-    test needs to tell "never processed" from "committed past")."""
+    """At INFO: the offsets a batch covers (with the commits ``streams/offsets.py`` logs,
+    what a restart test needs to tell "never processed" from "committed past")."""
     if log.isEnabledFor(logging.INFO):
         log.info("%s batch of %d: %s", role, len(events), offset_ranges(events))
-
-
-def trace_commits(app: Any) -> None:
-    """At INFO: every offset commit of ``app`` (the next offset to read, per partition)."""
-    monitor = app.monitor
-    original = monitor.on_tp_commit
-
-    def logged(tp_offsets: Any) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("committed %s", {f"{tp.topic}:{tp.partition}": offset
-                                      for tp, offset in tp_offsets.items()})
-        original(tp_offsets)
-
-    monitor.on_tp_commit = logged

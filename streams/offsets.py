@@ -10,7 +10,7 @@ were found in a worker's own logs:
 - Faust's, after a restart with tables to restore: when recovery ends it resumes the
   stream partitions, seeks them to the committed offsets, and then resumes flow control,
   which empties the stream buffers. Events fetched between the resume and the seek
-  (some 10-30 per partition) are emptied with the buffers, the rest of that fetch is
+  (some 5-60 per partition) are emptied with the buffers, the rest of that fetch is
   delivered after them, and the same events fetched again after the seek are dropped
   as already read (below the last offset delivered). Faust records the jump as a gap
   (meant for compacted topics) and counts it acknowledged.
