@@ -206,35 +206,55 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
         "mean": round(float(values.mean()), 2)}
 
 
+def cpu(after: dict[str, float | None], before: dict[str, float | None]) -> dict:
+    """CPU seconds of each process (group) between two readings."""
+    return {k: round(v - (before.get(k) or 0.0), 2) if v is not None else None
+            for k, v in after.items()}
+
+
+def per_event(cpu_s: dict[str, float | None], events: int) -> dict[str, float]:
+    """CPU microseconds an event of each process, and of all of them."""
+    known = {k: v for k, v in cpu_s.items() if v is not None}
+    figures = {k: round(v / events * 1e6, 1) for k, v in known.items()} if events else {}
+    if events:
+        figures["all processes"] = round(sum(known.values()) / events * 1e6, 1)
+    return figures
+
+
 def phase_stages(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
 
 
-def plot(e2e_ms: np.ndarray, record_ms: np.ndarray, p50_by_second: list[float], rate: float,
+def plot(phases: list[tuple[float, np.ndarray, np.ndarray, list[float]]],
          path: Path) -> None:
-    """Latency CDF of both measures, and the median by second of the phase."""
+    """Latency CDF of each steady-rate phase (both measures), and the median by second."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (axis, over_time) = plt.subplots(1, 2, figsize=(12, 4))
-    over_time.plot(np.arange(len(p50_by_second)), p50_by_second)
+    for rate, e2e_ms, record_ms, p50_by_second in phases:
+        over_time.plot(np.arange(len(p50_by_second)), p50_by_second,
+                       label=f"{rate:,.0f} events/s")
+        for values, label in ((e2e_ms, "score append - transaction append"),
+                              (record_ms, "Score.latency_ms (worker clock)")):
+            ordered = np.sort(values)
+            axis.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered),
+                      label=f"{rate:,.0f}/s: {label}")
     over_time.set_xlabel("second of the latency phase (transaction timestamp)")
     over_time.set_ylabel("median latency, ms (Kafka timestamps)")
     over_time.set_yscale("log")
     over_time.grid(True, which="both", alpha=0.3)
+    over_time.legend(fontsize=8)
     over_time.set_title("Median by second: flat when the worker keeps up", fontsize=10)
-    for values, label in ((e2e_ms, "score append - transaction append (Kafka timestamps)"),
-                          (record_ms, "Score.latency_ms (worker clock)")):
-        ordered = np.sort(values)
-        axis.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered), label=label)
+    axis.axvline(50, color="grey", linestyle=":", label="goal: p99 50 ms")
     axis.set_xscale("log")
     axis.set_xlabel("latency, ms")
     axis.set_ylabel("share of transactions")
-    axis.set_title(f"End-to-end latency at {rate:,.0f} events/s (live mode)", fontsize=10)
+    axis.set_title("End-to-end latency at steady rates (live mode)", fontsize=10)
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -249,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="duration of the steady-rate latency phase")
     parser.add_argument("--rate", type=float, default=None,
                         help="events/s of the latency phase (default: half the max rate)")
+    parser.add_argument("--steady-rate", type=float, default=1000.0,
+                        help="events/s of a second latency phase (0: none)")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny run: 5,000 events, 15 s, a smaller training world")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction,
@@ -306,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         for worker in workers:
             worker.start(endpoints.kafka)
-        cpu0 = {w.role: process_cpu_seconds(w.proc.pid if w.proc else None) for w in workers}
+        cpu0 = {f"{w.role} worker": process_cpu_seconds(w.proc.pid if w.proc else None)
+                for w in workers}
         service_pgids = {name: stack.services[name].pid() for name in services}
         services0 = {name: group_cpu_seconds(pgid) for name, pgid in service_pgids.items()}
         sampler = (Sampler(scorer.proc.pid, work / "profile.txt")
@@ -321,48 +344,74 @@ def main(argv: list[str] | None = None) -> int:
             profile["stacks_file"] = args.output.with_suffix(".profile.txt").name
         stages_a = stage_seconds(workers)
         batches_a = batch_counts(scorer)
-        cpu_a = {w.role: process_cpu_seconds(w.proc.pid if w.proc else None) for w in workers}
+        cpu_a = {f"{w.role} worker": process_cpu_seconds(w.proc.pid if w.proc else None)
+                 for w in workers}
         scores_a = read_back(endpoints.kafka, settings, SCORES, start_scores, args.events)
         stamps = np.array([s for s, _ in scores_a.values()], dtype=np.int64)
         span_s = (stamps.max() - stamps.min()) / 1000
         max_rate = len(scores_a) / span_s if span_s > 0 else float("nan")
         log(f"max rate: {len(scores_a):,} scored in {span_s:.1f} s = {max_rate:,.0f} events/s")
 
-        rate = args.rate or round(0.5 * max_rate)
-        paced_rows = min(int(rate * args.seconds), len(dataset) - args.events)
-        start_tx = topic_end_offsets(endpoints.kafka, settings, TRANSACTIONS)
-        start_scores = topic_end_offsets(endpoints.kafka, settings, SCORES)
-        labels_before = feed.labels_sent
-        log(f"latency phase: {paced_rows:,} transactions at {rate:,.0f}/s for "
-            f"{args.seconds:.0f} s")
-        paced_s = feed.paced(args.events + paced_rows, rate)
-        wait_scored(workers, scorer, args.events + paced_rows, timeout_s=600, logs=work)
-        stages_b = stage_seconds(workers)
-        batches_b = batch_counts(scorer)
-        cpu_b = {w.role: process_cpu_seconds(w.proc.pid if w.proc else None) for w in workers}
-        transactions = read_back(endpoints.kafka, settings, TRANSACTIONS, start_tx, paced_rows)
-        scores_b = read_back(endpoints.kafka, settings, SCORES, start_scores, paced_rows)
-        common_ids = sorted(set(transactions) & set(scores_b))
-        sent_ms = np.array([transactions[t][0] for t in common_ids], float)
-        e2e_ms = np.array([scores_b[t][0] for t in common_ids], float) - sent_ms
-        record_ms = np.array([scores_b[t][1] for t in common_ids], float)
-        second = ((sent_ms - sent_ms.min()) // 1000).astype(np.int64)
-        p50_by_second = [round(float(np.median(e2e_ms[second == i])), 1)
+        def cpu_now() -> dict[str, float | None]:
+            now = {f"{w.role} worker": process_cpu_seconds(w.proc.pid if w.proc else None)
+                   for w in workers}
+            return now | {name: group_cpu_seconds(pgid)
+                          for name, pgid in service_pgids.items()}
+
+        def latency_phase(rate: float, seconds: float, source: str) -> dict[str, Any]:
+            """Transactions at a steady ``rate`` for ``seconds``: latency, stages, CPU."""
+            assert feed is not None
+            done = feed.next_row
+            rows = min(int(rate * seconds), len(dataset) - done)
+            start_tx = topic_end_offsets(endpoints.kafka, settings, TRANSACTIONS)
+            start_scores = topic_end_offsets(endpoints.kafka, settings, SCORES)
+            labels_before = feed.labels_sent
+            stages0, batches0, cpu0_ = stage_seconds(workers), batch_counts(scorer), cpu_now()
+            log(f"latency phase: {rows:,} transactions at {rate:,.0f}/s for {seconds:.0f} s")
+            produce_s = feed.paced(done + rows, rate)
+            wait_scored(workers, scorer, done + rows, timeout_s=600, logs=work)
+            stages1, batches1, cpu1 = stage_seconds(workers), batch_counts(scorer), cpu_now()
+            transactions = read_back(endpoints.kafka, settings, TRANSACTIONS, start_tx, rows)
+            scores = read_back(endpoints.kafka, settings, SCORES, start_scores, rows)
+            common_ids = sorted(set(transactions) & set(scores))
+            sent_ms = np.array([transactions[t][0] for t in common_ids], float)
+            e2e_ms = np.array([scores[t][0] for t in common_ids], float) - sent_ms
+            record_ms = np.array([scores[t][1] for t in common_ids], float)
+            second = ((sent_ms - sent_ms.min()) // 1000).astype(np.int64)
+            by_second = [round(float(np.median(e2e_ms[second == i])), 1)
                          for i in range(int(second.max()) + 1) if (second == i).any()]
-        log(f"latency: p50 {np.percentile(e2e_ms, 50):.1f} ms, "
-            f"p99 {np.percentile(e2e_ms, 99):.1f} ms over {len(e2e_ms):,} transactions")
+            log(f"latency at {rate:,.0f}/s: p50 {np.percentile(e2e_ms, 50):.1f} ms, "
+                f"p99 {np.percentile(e2e_ms, 99):.1f} ms over {len(e2e_ms):,} transactions")
+            n_batches = batches1[0] - batches0[0]
+            return {
+                "target_rate": rate, "rate_source": source,
+                "events": rows, "labels": feed.labels_sent - labels_before,
+                "produce_s": round(produce_s, 2),
+                "achieved_rate": round(rows / produce_s, 1) if produce_s else None,
+                "matched": len(common_ids),
+                "kafka_timestamps_ms": percentiles(e2e_ms),
+                "score_record_latency_ms": percentiles(record_ms),
+                "kafka_timestamps_p50_ms_by_second": by_second,
+                "stage_seconds": phase_stages(stages1, stages0),
+                "cpu_s": cpu(cpu1, cpu0_),
+                "cpu_us_per_event": per_event(cpu(cpu1, cpu0_), rows),
+                "micro_batches": n_batches,
+                "mean_batch": (round((batches1[1] - batches0[1]) / n_batches, 1)
+                               if n_batches else None),
+                "_plot": (e2e_ms, record_ms, by_second),
+            }
+
+        half = latency_phase(args.rate or round(0.5 * max_rate), args.seconds,
+                             "--rate" if args.rate else "0.5 x max rate")
+        steady = (latency_phase(args.steady_rate, args.seconds, "--steady-rate")
+                  if args.steady_rate else None)
     finally:
         for worker in workers:
             worker.stop()
-        labels_total = feed.labels_sent if feed is not None else 0
         # The producer goes before the broker, or librdkafka logs its reconnect attempts.
         feed = None
         stack.down(services, echo=False)
         shutil.rmtree(work, ignore_errors=True)  # the run's Kafka log: gigabytes
-
-    def cpu(after: dict[str, float | None], before: dict[str, float | None]) -> dict:
-        return {k: round(v - (before[k] or 0.0), 2) if v is not None else None
-                for k, v in after.items()}
 
     report: dict[str, Any] = {
         "benchmark": "end to end, live mode: one labels worker, one scoring worker",
@@ -379,66 +428,63 @@ def main(argv: list[str] | None = None) -> int:
             "events_per_s": round(max_rate, 1),
             "worker_start_to_last_score_s": round(backlog_wall, 2),
             "stage_seconds": stages_a, "worker_cpu_s": cpu(cpu_a, cpu0),
+            "cpu_us_per_event": per_event(cpu(cpu_a, cpu0) | cpu(services_a, services0),
+                                          len(scores_a)),
             "micro_batches": batches_a[0],
             "mean_batch": round(batches_a[1] / batches_a[0], 1) if batches_a[0] else None,
             "services_cpu_s": cpu(services_a, services0),
             "scoring_worker_profile": profile,
         },
-        "latency": {
-            "target_rate": rate, "rate_source": "--rate" if args.rate else "0.5 x max rate",
-            "events": paced_rows, "labels": labels_total - labels_before,
-            "produce_s": round(paced_s, 2),
-            "achieved_rate": round(paced_rows / paced_s, 1) if paced_s else None,
-            "matched": len(common_ids),
-            "kafka_timestamps_ms": percentiles(e2e_ms),
-            "score_record_latency_ms": percentiles(record_ms),
-            "kafka_timestamps_p50_ms_by_second": p50_by_second,
-            "stage_seconds": phase_stages(stages_b, stages_a),
-            "worker_cpu_s": cpu(cpu_b, cpu_a),
-            "micro_batches": batches_b[0] - batches_a[0],
-            "mean_batch": (round((batches_b[1] - batches_a[1]) / (batches_b[0] - batches_a[0]), 1)
-                           if batches_b[0] > batches_a[0] else None),
-        },
+        "latency": {k: v for k, v in half.items() if k != "_plot"},
+        "latency_steady": ({k: v for k, v in steady.items() if k != "_plot"}
+                           if steady is not None else None),
         "total_wall_s": round(time.monotonic() - began, 1),
         "machine": machine_info(gpu=shutil.which("nvidia-smi") is not None,
                                 **kafka_versions()),
     }
     write_report(args.output, report)
-    plot(e2e_ms, record_ms, p50_by_second, rate, args.output.with_suffix(".png"))
+    plot([(half["target_rate"], *half["_plot"])]
+         + ([(steady["target_rate"], *steady["_plot"])] if steady is not None else []),
+         args.output.with_suffix(".png"))
     print_table(report, args.output)
-    return 0 if len(scores_a) >= args.events and len(common_ids) == paced_rows else 1
+    phases = [half] + ([steady] if steady is not None else [])
+    complete = all(phase["matched"] == phase["events"] for phase in phases)
+    return 0 if len(scores_a) >= args.events and complete else 1
 
 
 def print_table(report: dict[str, Any], output: Path) -> None:
-    a, b = report["max_rate"], report["latency"]
-    k, r = b["kafka_timestamps_ms"], b["score_record_latency_ms"]
+    a = report["max_rate"]
+    phases = [p for p in (report["latency"], report.get("latency_steady")) if p]
     print("\n| figure | value |\n|---|---|")
     print(f"| max rate: transactions pre-filled (labels) | {a['events']:,} "
           f"({a['labels_prefilled']:,}) |")
     print(f"| max rate: scored events/s, first to last score | {a['events_per_s']:,.0f} |")
     print(f"| max rate: worker start to last score, s | {a['worker_start_to_last_score_s']} |")
-    print(f"| latency phase: rate asked / achieved, events/s | {b['target_rate']:,.0f} / "
-          f"{b['achieved_rate']:,.0f} |")
-    print(f"| latency phase: transactions scored / sent | {b['matched']:,} / {b['events']:,} |")
-    print(f"| latency, Kafka timestamps: p50 / p99 / max ms | {k['p50']} / {k['p99']} / "
-          f"{k['max']} |")
-    print(f"| latency, Score.latency_ms: p50 / p99 / max ms | {r['p50']} / {r['p99']} / "
-          f"{r['max']} |")
-    by_second = b["kafka_timestamps_p50_ms_by_second"]
-    tenth = max(1, len(by_second) // 10)
-    print(f"| median latency, first / last tenth of the phase, ms | "
-          f"{np.median(by_second[:tenth]):.1f} / {np.median(by_second[-tenth:]):.1f} |")
-    print("\n| stage (worker:stage) | max-rate phase s | latency phase s |\n|---|---|---|")
+    for b in phases:
+        k, r = b["kafka_timestamps_ms"], b["score_record_latency_ms"]
+        name = f"at {b['target_rate']:,.0f}/s"
+        print(f"| {name}: rate achieved, events/s | {b['achieved_rate']:,.0f} |")
+        print(f"| {name}: transactions scored / sent | {b['matched']:,} / {b['events']:,} |")
+        print(f"| {name}: latency, Kafka timestamps: p50 / p99 / max ms | {k['p50']} / "
+              f"{k['p99']} / {k['max']} |")
+        print(f"| {name}: latency, Score.latency_ms: p50 / p99 / max ms | {r['p50']} / "
+              f"{r['p99']} / {r['max']} |")
+        by_second = b["kafka_timestamps_p50_ms_by_second"]
+        tenth = max(1, len(by_second) // 10)
+        print(f"| {name}: median latency, first / last tenth of the phase, ms | "
+              f"{np.median(by_second[:tenth]):.1f} / {np.median(by_second[-tenth:]):.1f} |")
+    heads = ["max rate", *(f"{b['target_rate']:,.0f}/s" for b in phases)]
+    print("\n| CPU µs an event | " + " | ".join(heads) + " |\n|---|" + "---|" * len(heads))
+    for name in a["cpu_us_per_event"]:
+        print(f"| {name} | {a['cpu_us_per_event'][name]} | "
+              + " | ".join(str(b["cpu_us_per_event"].get(name, "")) for b in phases) + " |")
+    print("\n| stage seconds (worker:stage) | " + " | ".join(heads) + " |\n|---|"
+          + "---|" * len(heads))
     for name in sorted(a["stage_seconds"], key=lambda n: -a["stage_seconds"][n]):
         print(f"| {name} | {a['stage_seconds'][name]:.2f} | "
-              f"{b['stage_seconds'].get(name, 0.0):.2f} |")
+              + " | ".join(f"{b['stage_seconds'].get(name, 0.0):.2f}" for b in phases) + " |")
     print(f"| score: micro-batches (mean events) | {a['micro_batches']:,} ({a['mean_batch']}) | "
-          f"{b['micro_batches']:,} ({b['mean_batch']}) |")
-    for role in a["worker_cpu_s"]:
-        print(f"| {role} worker CPU s | {a['worker_cpu_s'][role]} | "
-              f"{b['worker_cpu_s'][role]} |")
-    for name, seconds in a.get("services_cpu_s", {}).items():
-        print(f"| {name} CPU s | {seconds} | |")
+          + " | ".join(f"{b['micro_batches']:,} ({b['mean_batch']})" for b in phases) + " |")
     profile = a.get("scoring_worker_profile") or {}
     if profile.get("samples"):
         print(f"\nscoring worker, max-rate phase: py-spy {profile['samples']:,} samples, "

@@ -1,5 +1,13 @@
 """The Faust app: validate, compute features, score through Triton, emit.
 
+Faust is the stream processor and the app: the worker's lifecycle, the consumer group,
+partition assignment and rebalances. The high-rate topics (``transactions``,
+``labels``) are read beneath its per-event path: its consumer hands their fetched
+records to a buffer a topic (``streams/transport.py``, ``streams/batches.py``) and a
+batch loop a topic handles them as columns and checkpoints them
+(``streams/checkpoint.py``), with the card and terminal state kept by the worker and
+changelogged through confluent-kafka (``streams/state.py``).
+
 A worker has a role. ``score`` reads ``transactions`` (keyed by card): it validates each
 event, keeps card windows in a changelog-backed table, reads terminal label state from
 Feast, scores micro-batches through Triton, and writes scores, dead letters and the
@@ -9,11 +17,11 @@ label watermark. ``all`` runs both agents in one process (live mode only: in str
 the two must not share one consumer, or a full transactions buffer could hold back the
 labels it waits for).
 
-Outputs are produced with confluent-kafka and flushed before a batch counts as handled,
-and the worker commits source offsets itself (``streams/offsets.py``, not Faust's
-acknowledgements), in order per partition, so a source offset is committed only after
-its score (or dead letter) is acknowledged by Kafka, its feature-log part is written and
-its table state is in the changelog.
+Outputs are produced with confluent-kafka and flushed at each checkpoint, and the worker
+commits source offsets itself (``streams/offsets.py``, not Faust's acknowledgements), in
+order per partition, so a source offset is committed only after its score (or dead
+letter) is acknowledged by Kafka, its feature-log rows are written and its state is in
+the changelog.
 """
 
 from __future__ import annotations
@@ -27,15 +35,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import faust
-from faust.types import TP, Message
+from faust.types import TP
 
-from streams.changelog import ChangelogBarrier
+from streams.batches import BatchBuffer, RecordBatch
+from streams.checkpoint import BatchLoop
+from streams.emit import Emitter
 from streams.labels import LabelPipeline
 from streams.metrics import WorkerMetrics
 from streams.offsets import SourceOffsets
 from streams.pipeline import ScoringPipeline
 from streams.scoring import DecisionPolicy, ReviewBudget
 from streams.settings import Settings
+from streams.state import ChangelogState, changelog_topic, ensure_changelog
 from streams.topics import LABELS, TRANSACTIONS
 
 log = logging.getLogger(__name__)
@@ -57,7 +68,8 @@ class WorkerConfig:
     mode: Mode = "live"
     labels_group: str | None = None
     batch_max: int = 1024
-    batch_wait_s: float = 0.05
+    batch_wait_s: float = 0.005
+    commit_interval_s: float = 1.0
     policy: DecisionPolicy | ReviewBudget = field(default_factory=DecisionPolicy)
     request_rows: int = 1024
     in_flight: int = 4
@@ -99,94 +111,99 @@ def _broker_credentials(settings: Settings):  # noqa: ANN202 - faust credential 
     return faust.SSLCredentials(context)
 
 
-def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> faust.App:
-    """The Faust app of one worker, with the agents and tables of its role."""
+class FactoryApp(faust.App):
+    """Faust's app with the batch buffers of the high-rate topics, which its consumer
+    (``streams.transport.BatchingConsumer``) fills."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.batch_buffers: dict[str, BatchBuffer] = {}
+        self.batch_loops: list[BatchLoop] = []
+        self.pipelines: list[ScoringPipeline | LabelPipeline] = []
+        self.metrics: WorkerMetrics | None = None
+
+    async def on_stop(self) -> None:
+        """A clean stop checkpoints what was handled (the batch in hand finishes first),
+        so a stopped worker leaves nothing for its successor to handle again."""
+        for loop in self.batch_loops:
+            async with loop.lock:
+                await loop.checkpoint()
+        await super().on_stop()
+
+
+def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> FactoryApp:
+    """The Faust app of one worker, with the batch loops of its role."""
     settings = config.settings
     metrics = metrics or WorkerMetrics()
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = FactoryApp(
         config.app_id,
-        broker=f"kafka://{config.kafka}",
+        broker=f"batching://{config.kafka}",
         broker_credentials=_broker_credentials(settings),
         store="memory://",
         value_serializer="json",
         topic_partitions=settings.partitions,
         web_enabled=False,
         consumer_auto_offset_reset=config.offset_reset,
-        broker_commit_every=2000,
+        # Fetches of up to 10,000 records, 1 MiB a partition: a fetch fills a batch.
+        broker_max_poll_records=10_000,
+        consumer_max_fetch_size=1024 * 1024,
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=8192,
         # A killed worker's partitions move to the others within seconds.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         datadir=str(settings.state_dir / "faust" / config.app_id),
     )
-    pipelines: list[ScoringPipeline | LabelPipeline] = []
-    sources: list[SourceOffsets] = []
+    app.metrics = metrics
+    client_config = settings.kafka.client_config(config.kafka)
+    emitter = Emitter(config.kafka, settings, metrics)
+
+    def batched(topic_name: str, state_name: str,
+                make: type[ScoringPipeline] | type[LabelPipeline]) -> None:
+        # acks=False: Faust neither tracks nor commits this topic's offsets; the worker
+        # commits them itself at each checkpoint (streams/offsets.py says why).
+        topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw",
+                          acks=False)
+        app.topics.add(topic)  # subscribed: Faust's group assigns its partitions
+        buffer = app.batch_buffers[topic_name] = BatchBuffer(
+            topic_name, capacity=max(4 * config.batch_max, 20_000))
+        state = ChangelogState(changelog_topic(config.app_id, state_name), client_config)
+        pipeline = make(config, metrics, emitter, state, app.consumer)
+        app.pipelines.append(pipeline)
+        app.batch_loops.append(BatchLoop(
+            buffer, source_offsets(app, config, topic_name), pipeline, state, emitter,
+            metrics, batch_max=config.batch_max, batch_wait_s=config.batch_wait_s,
+            commit_interval_s=config.commit_interval_s))
 
     if config.role in ("score", "all"):
-        # acks=False: Faust neither tracks nor commits this topic's offsets; the worker
-        # commits them itself once a batch is handled (streams/offsets.py says why).
-        transactions = app.topic(TRANSACTIONS, key_serializer="raw", value_serializer="raw",
-                                 acks=False)
-        transaction_offsets = source_offsets(app, config, TRANSACTIONS)
-        sources.append(transaction_offsets)
-        # Values are a card's state as raw bytes (streams.features.CARD_DTYPE records):
-        # value_type=bytes makes Faust use the "raw" codec for the table and its changelog.
-        card_history = app.Table("card-history", default=bytes, key_type=str,
-                                 value_type=bytes, partitions=settings.partitions)
-        card_changelog = ChangelogBarrier(card_history)
-        scoring = ScoringPipeline(config, metrics)
-        pipelines.append(scoring)
-
-        @app.agent(transactions)
-        async def score_transactions(stream: faust.Stream) -> None:
-            await scoring.started.wait()
-            async for events in stream.take_events(config.batch_max,
-                                                   within=config.batch_wait_s):
-                async with transaction_offsets.batch(list(events)) as admitted:
-                    if admitted:
-                        await scoring.process(stream, admitted, card_history,
-                                              card_changelog)
-
+        batched(TRANSACTIONS, "card-state", ScoringPipeline)
     if config.role in ("labels", "all"):
-        labels = app.topic(LABELS, key_serializer="raw", value_serializer="raw", acks=False)
-        label_offsets = source_offsets(app, config, LABELS)
-        sources.append(label_offsets)
-        terminal_labels = app.Table("terminal-labels", default=bytes, key_type=str,
-                                    value_type=bytes, partitions=settings.partitions)
-        terminal_changelog = ChangelogBarrier(terminal_labels)
-        labelling = LabelPipeline(config, metrics)
-        pipelines.append(labelling)
-
-        @app.agent(labels)
-        async def apply_labels(stream: faust.Stream) -> None:
-            await labelling.started.wait()
-            async for events in stream.take_events(config.batch_max,
-                                                   within=config.batch_wait_s):
-                async with label_offsets.batch(list(events)) as admitted:
-                    if admitted:
-                        await labelling.process(stream, admitted, terminal_labels,
-                                                terminal_changelog)
+        batched(LABELS, "terminal-state", LabelPipeline)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def finish_before_revoke(sender: faust.App, revoked: set[TP], **_: object) -> None:
-        # The batch in hand finishes and commits before the partitions move.
-        for source in sources:
-            async with source.lock:
-                source.rewind(tp.partition for tp in revoked if tp.topic == source.topic)
+        # What was handled is checkpointed before the partitions move.
+        for loop in app.batch_loops:
+            await loop.on_revoked([tp.partition for tp in revoked if tp.topic == loop.topic])
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def take_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
+        for loop in app.batch_loops:
+            loop.on_assigned([tp.partition for tp in assigned if tp.topic == loop.topic])
 
     @app.task
-    async def start_pipelines() -> None:
-        await asyncio.gather(*(p.start() for p in pipelines))
+    async def run_batch_loops() -> None:
+        for loop in app.batch_loops:
+            await asyncio.to_thread(ensure_changelog, client_config, loop.state.topic,
+                                    settings.partitions)
+        await asyncio.gather(*(p.start() for p in app.pipelines))
         metrics.ready.set(1)
+        await asyncio.gather(*(loop.run() for loop in app.batch_loops))
 
-    app.pipelines = pipelines  # type: ignore[attr-defined]
-    app.metrics = metrics  # type: ignore[attr-defined]
     return app
 
 
-def source_offsets(app: faust.App, config: WorkerConfig, topic: str) -> SourceOffsets:
+def source_offsets(app: FactoryApp, config: WorkerConfig, topic: str) -> SourceOffsets:
     """:class:`SourceOffsets` of ``topic`` for the worker's group, through ``app``'s consumer."""
     settings = config.settings
 
@@ -214,13 +231,13 @@ def source_offsets(app: faust.App, config: WorkerConfig, topic: str) -> SourceOf
     async def committed(partitions: list[int]) -> dict[int, int | None]:
         return await asyncio.to_thread(read_committed, partitions)
 
-    def read_range(partition: int, start: int, end: int) -> list[FilledEvent]:
+    def read_range(partition: int, start: int, end: int) -> RecordBatch:
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({**settings.kafka.client_config(config.kafka),
                              "group.id": f"{config.app_id}-fill", "enable.auto.commit": False,
                              "auto.offset.reset": "error"})
-        found: list[FilledEvent] = []
+        found: list[FilledRecord] = []
         try:
             consumer.assign([TopicPartition(topic, partition, start)])
             deadline = time.monotonic() + 60.0
@@ -232,38 +249,40 @@ def source_offsets(app: faust.App, config: WorkerConfig, topic: str) -> SourceOf
                     raise RuntimeError(f"reading {topic}:{partition} {start}-{end - 1}: "
                                        f"{record.error()}")
                 if record.offset() >= end:
-                    return found  # offsets before it hold no record (markers)
-                found.append(FilledEvent.of(record))
+                    break  # offsets before it hold no record (markers)
+                found.append(FilledRecord.of(record))
                 if record.offset() == end - 1:
-                    return found
-            raise TimeoutError(f"reading {topic}:{partition} {start}-{end - 1} took 60 s")
+                    break
+            else:
+                raise TimeoutError(f"reading {topic}:{partition} {start}-{end - 1} took 60 s")
+            return RecordBatch.of_records(topic, found)
         finally:
             consumer.close()
 
-    async def fill(partition: int, start: int, end: int) -> list[FilledEvent]:
+    async def fill(partition: int, start: int, end: int) -> RecordBatch:
         return await asyncio.to_thread(read_range, partition, start, end)
 
     async def commit(offsets: Mapping[int, int]) -> bool:
-        # The driver's commit of explicit offsets (Faust's public commit() commits only
-        # what it tracked as acknowledged, and this topic is not tracked).
-        return bool(await app.consumer._commit(  # type: ignore[attr-defined]
-            {TP(topic, p): offset for p, offset in offsets.items()}))
+        return await app.consumer.commit_source(  # type: ignore[attr-defined]
+            {TP(topic, p): offset for p, offset in offsets.items()})
 
     return SourceOffsets(topic, committed, fill, commit)
 
 
 @dataclass
-class FilledEvent:
-    """A source record read from Kafka directly to fill a hole, shaped as a Faust event
-    for the pipelines (they read ``event.message`` only)."""
+class FilledRecord:
+    """A source record read from Kafka directly to fill a hole, with the fields
+    :meth:`RecordBatch.of_records` reads."""
 
-    message: Message
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
 
     @classmethod
-    def of(cls, record: Any) -> FilledEvent:
+    def of(cls, record: Any) -> FilledRecord:
         """From a confluent-kafka message."""
         _, stamp = record.timestamp()
-        return cls(Message(
-            record.topic(), record.partition(), record.offset(),
-            stamp / 1000.0 if stamp and stamp > 0 else 0.0, 0, record.headers() or [],
-            record.key(), record.value(), None))
+        return cls(record.partition(), record.offset(), stamp if stamp and stamp > 0 else 0,
+                   record.key(), record.value())

@@ -1,6 +1,6 @@
 """The offline feature log: every scored transaction's features exactly as served.
 
-One parquet file a micro-batch and event date, under
+One parquet file a checkpoint (or a write) and event date, under
 ``<root>/event_date=YYYY-MM-DD/``, with the transaction's ids and times, each feature in
 the model's order, the score and the model version, and the shadow version's score while
 a challenger shadows the serving model (``shadow_version`` 0 and ``shadow_score`` NaN
@@ -12,6 +12,7 @@ reader drops repeated ``tx_id`` (they carry identical features).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -32,11 +33,42 @@ class FeatureLog:
         self.feature_names = list(feature_names)
         self.writer_id = uuid.uuid4().hex[:12]
         self.sequence = 0
+        self._pending: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, int,
+                                  np.ndarray | None, int]] = []
+        self.pending_rows = 0
+
+    def append(self, ids: dict[str, np.ndarray], features: np.ndarray, scores: np.ndarray,
+               model_version: int, shadow_scores: np.ndarray | None = None,
+               shadow_version: int = 0) -> None:
+        """Keep a micro-batch's rows for the next :meth:`write_pending` (the worker's
+        checkpoint), so that a part holds many batches' rows, not one."""
+        self._pending.append((ids, features, scores, model_version, shadow_scores,
+                              shadow_version))
+        self.pending_rows += len(scores)
+
+    def discard_pending(self) -> None:
+        """Forget rows not written yet (their batches are handled again)."""
+        self._pending, self.pending_rows = [], 0
+
+    def write_pending(self) -> int:
+        """Write the rows kept since the last call; returns the number of files written."""
+        pending, self._pending, self.pending_rows = self._pending, [], 0
+        if not pending:
+            return 0
+        ids = {name: np.concatenate([p[0][name] for p in pending]) for name in ID_COLUMNS}
+        features = np.concatenate([p[1] for p in pending])
+        scores = np.concatenate([p[2] for p in pending])
+        versions = np.concatenate([np.full(len(p[2]), p[3], np.int64) for p in pending])
+        shadow_scores = np.concatenate([
+            p[4] if p[4] is not None else np.full(len(p[2]), np.nan) for p in pending])
+        shadow_versions = np.concatenate([np.full(len(p[2]), p[5], np.int64)
+                                          for p in pending])
+        return self.write(ids, features, scores, versions, shadow_scores, shadow_versions)
 
     def write(self, ids: dict[str, np.ndarray], features: np.ndarray, scores: np.ndarray,
-              model_version: int, shadow_scores: np.ndarray | None = None,
-              shadow_version: int = 0) -> int:
-        """Write one micro-batch; returns the number of files written."""
+              model_version: int | np.ndarray, shadow_scores: np.ndarray | None = None,
+              shadow_version: int | np.ndarray = 0) -> int:
+        """Write rows now (one file an event date); returns the number of files written."""
         if shadow_scores is None:
             shadow_scores = np.full(len(scores), np.nan)
         days = (ids["event_time"] // 86400).astype(np.int64)
@@ -47,9 +79,11 @@ class FeatureLog:
             for j, name in enumerate(self.feature_names):
                 columns[name] = features[rows, j].astype(np.float64)
             columns["score"] = scores[rows].astype(np.float64)
-            columns["model_version"] = np.full(int(rows.sum()), model_version, np.int64)
+            columns["model_version"] = np.broadcast_to(
+                np.asarray(model_version, np.int64), len(scores))[rows].copy()
             columns["shadow_score"] = shadow_scores[rows].astype(np.float64)
-            columns["shadow_version"] = np.full(int(rows.sum()), shadow_version, np.int64)
+            columns["shadow_version"] = np.broadcast_to(
+                np.asarray(shadow_version, np.int64), len(scores))[rows].copy()
             date = np.datetime64(int(day), "D").astype(str)
             folder = self.root / f"event_date={date}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -69,6 +103,27 @@ def read_feature_log(root: Path) -> pd.DataFrame:
         return pd.DataFrame()
     frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
     return frame.drop_duplicates("tx_id").sort_values("tx_id").reset_index(drop=True)
+
+
+def wait_for_feature_log(root: Path, tx_ids: set[int], timeout_s: float = 60.0,
+                         poll_s: float = 0.5) -> pd.DataFrame:
+    """:func:`read_feature_log` once it holds every id of ``tx_ids``.
+
+    A worker writes its feature-log rows at its checkpoint (every second by default), so
+    the rows of the latest scores appear up to a checkpoint interval after them. Raises
+    ``TimeoutError`` with the count still missing.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        frame = read_feature_log(root)
+        held = set(frame["tx_id"].tolist()) if len(frame) else set()
+        missing = len(tx_ids - held)
+        if not missing:
+            return frame
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{missing:,} of {len(tx_ids):,} transactions not in the "
+                               f"feature log at {root} after {timeout_s:.0f} s")
+        time.sleep(poll_s)
 
 
 def with_matured_labels(log: pd.DataFrame, labels: pd.DataFrame, as_of: float) -> pd.DataFrame:

@@ -74,6 +74,15 @@ def transaction_flags(event_time: float) -> tuple[int, int]:
     return int(moment.weekday() >= 5), int(moment.hour <= 6)
 
 
+def transaction_flags_batch(event_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`transaction_flags` of many event times: ``(during_weekend, during_night)``."""
+    seconds = np.floor(np.asarray(event_time, dtype=np.float64))
+    days = np.floor_divide(seconds, DAY)
+    weekday = (days + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
+    hour = np.floor_divide(seconds - days * DAY, 3600)
+    return (weekday >= 5).astype(np.float64), (hour <= 6).astype(np.float64)
+
+
 def card_entries(state: bytes) -> np.ndarray:
     """A card state as a :data:`CARD_DTYPE` array (read-only, no copy)."""
     return _entries(state, CARD_DTYPE, "card")

@@ -25,7 +25,7 @@ import pandas as pd
 from infra.local.manager import Stack
 from streams.clients import Received, consume, topic_end_offsets
 from streams.feast_client import apply_repo, open_store
-from streams.feature_log import read_feature_log
+from streams.feature_log import wait_for_feature_log
 from streams.records import Score
 from streams.router import ModelRouter
 from streams.settings import REPO_ROOT, Settings
@@ -171,7 +171,7 @@ def summarise(frame: pd.DataFrame, scores: list[Score], feature_log: Path, wall:
     decisions: dict[str, int] = {}
     for s in distinct.values():
         decisions[s.decision] = decisions.get(s.decision, 0) + 1
-    logged = read_feature_log(feature_log).set_index("tx_id")
+    logged = wait_for_feature_log(feature_log, set(distinct)).set_index("tx_id")
     reference = frame.set_index("TRANSACTION_ID").loc[logged.index]
     names = [SERVING_NAMES[c] for c in MODEL_FEATURE_COLUMNS]
     equal = np.isclose(logged[names].to_numpy(np.float64),

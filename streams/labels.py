@@ -1,33 +1,41 @@
-"""The labels agent's work: terminal label state, pushed to Feast, then the watermark."""
+"""The labels worker's work on one micro-batch: terminal label state, pushed to Feast,
+then the label watermark."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import faust
 import numpy as np
 
-from streams.changelog import ChangelogBarrier, log_batch, write_as
+from streams.batches import RecordBatch
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
-from streams.features import terminal_arrays, terminal_window_features, update_terminal_history
+from streams.features import terminal_arrays, update_terminal_history
 from streams.metrics import WorkerMetrics
-from streams.records import Label, ValidationError
+from streams.records import parse_labels
+from streams.state import ChangelogState
+from streams.terminal_batch import terminal_features_batch, update_terminal_histories
 from streams.watermark import LabelWatermark
 
 if TYPE_CHECKING:
     from streams.app import WorkerConfig
 
+log = logging.getLogger(__name__)
+
 
 class LabelPipeline:
     """Applies micro-batches of labels to terminal state and publishes it."""
 
-    def __init__(self, config: WorkerConfig, metrics: WorkerMetrics) -> None:
+    def __init__(self, config: WorkerConfig, metrics: WorkerMetrics, emitter: Emitter,
+                 state: ChangelogState, consumer: Any = None) -> None:
         self.config = config
         self.metrics = metrics
-        self.emitter = Emitter(config.kafka, config.settings, metrics)
+        self.emitter = emitter
+        self.state = state
+        self.consumer = consumer
         self.started = asyncio.Event()
         self.features: OnlineFeatures | None = None
         self.watermark: LabelWatermark | None = None
@@ -40,55 +48,77 @@ class LabelPipeline:
         self.watermark.reset()
         self.started.set()
 
-    async def process(self, stream: faust.Stream, events: list[faust.types.EventT],
-                      table: faust.Table, changelog: ChangelogBarrier) -> None:
+    async def process(self, batch: RecordBatch) -> None:
+        """Apply a batch of labels, push the touched terminals to Feast, then advance the
+        watermark of the batch's partitions."""
         assert self.features is not None and self.watermark is not None
-        self.metrics.labels_in.inc(len(events))
-        self.metrics.observe_lag(stream, events)
-        log_batch("labels", events)
+        self.metrics.labels_in.inc(len(batch))
+        if self.consumer is not None:
+            self.metrics.observe_lag(self.consumer, batch)
+        if log.isEnabledFor(logging.INFO):
+            log.info("labels batch of %d: %s", len(batch), batch.offset_ranges())
         clock = time.perf_counter()
-        touched: dict[str, bytes] = {}
-        latest: dict[str, float] = {}
-        marks: dict[int, float] = {}
-        for event in events:
-            try:
-                label = Label.parse(event.message.value)
-            except ValidationError as exc:
-                self.emitter.dead_letter(event, "validate", exc)
-                continue
-            key = str(label.terminal_id)
-            state = update_terminal_history(touched[key] if key in touched else table[key],
-                                            label.tx_id, label.event_time, label.is_fraud,
-                                            label.known_at)
-            # Every label writes its terminal's state, in the partition of that label.
-            write_as(event)
-            table[key] = state
-            touched[key] = state
-            latest[key] = max(latest.get(key, 0.0), label.known_at)
-            partition = event.message.partition
-            marks[partition] = max(marks.get(partition, 0.0), label.known_at)
+        parsed = parse_labels(batch.value)
+        for row, error in parsed.errors:
+            self.emitter.dead_letter(batch, row, "validate", error)
+        rows, c = parsed.rows, parsed.columns
+        if not len(rows):
+            return
+        partitions = batch.partition[rows]
+        index: dict[tuple[int, int], int] = {}
+        terminal = np.fromiter(
+            (index.setdefault(key, len(index))
+             for key in zip(partitions.tolist(), c["terminal_id"].tolist(), strict=True)),
+            np.int64, len(rows))
+        keys = list(index)
+        states = [self.state.get(p, t) for p, t in keys]
+        try:
+            new_states = update_terminal_histories(states, terminal, c["tx_id"],
+                                                   c["event_time"], c["is_fraud"],
+                                                   c["known_at"])
+        except Exception:  # noqa: BLE001 - find the label that cannot be applied
+            new_states = self._apply_one_by_one(batch, rows, c, states, terminal)
+        for (p, t), state in zip(keys, new_states, strict=True):
+            self.state.put(p, t, state)
+        # A terminal's latest known time of this batch (labels of one terminal may sit
+        # in several partitions when keyed otherwise; the latest state is pushed).
+        latest = np.full(len(keys), -np.inf)
+        np.maximum.at(latest, terminal, c["known_at"])
         clock = self.metrics.stage("apply_labels", clock)
-        # The changelog holds this batch's state before Feast or the watermark reflect
-        # it, and before the batch's offsets can be committed (streams/changelog.py).
-        await changelog.wait(stream.app.producer)
-        clock = self.metrics.stage("flush_changelog", clock)
-        if touched:
-            await asyncio.to_thread(self._push, touched, latest)
+        await asyncio.to_thread(self._push, keys, new_states, latest)
         clock = self.metrics.stage("push_terminal_state", clock)
-        await self.emitter.flush()
-        self.metrics.stage("flush", clock)
-        for partition, known_at in marks.items():
-            self.watermark.advance(partition, known_at)
-            self.metrics.label_watermark.labels(str(partition)).set(known_at)
+        for p in np.unique(partitions).tolist():
+            known_at = float(c["known_at"][partitions == p].max())
+            self.watermark.advance(p, known_at)
+            self.metrics.label_watermark.labels(str(p)).set(known_at)
+        self.metrics.stage("advance_watermark", clock)
 
+    def _apply_one_by_one(self, batch: RecordBatch, rows: np.ndarray,
+                          c: dict[str, np.ndarray], states: list[bytes],
+                          terminal: np.ndarray) -> list[bytes]:
+        states = list(states)
+        for i, row in enumerate(rows.tolist()):
+            k = int(terminal[i])
+            try:
+                states[k] = update_terminal_history(
+                    states[k], int(c["tx_id"][i]), float(c["event_time"][i]),
+                    int(c["is_fraud"][i]), float(c["known_at"][i]))
+            except Exception as exc:  # noqa: BLE001 - a poison label must not stop the worker
+                self.emitter.dead_letter(batch, row, "features", exc)
+        return states
 
-    def _push(self, touched: dict[str, bytes], latest: dict[str, float]) -> None:
+    def _push(self, keys: list[tuple[int, int]], states: list[bytes],
+              latest: np.ndarray) -> None:
         assert self.features is not None
-        keys = list(touched)
-        arrays = [terminal_arrays(touched[k]) for k in keys]
-        values = [terminal_window_features(*a, latest[k])
-                  for k, a in zip(keys, arrays, strict=True)]
+        arrays = [terminal_arrays(state) for state in states]
+        values = terminal_features_batch(arrays, np.arange(len(keys)), latest)
         self.features.push_terminal_risk(
-            np.array([int(k) for k in keys]), np.array([latest[k] for k in keys]),
-            np.array(values), [(t.tolist(), k.tolist(), f.tolist()) for t, k, f in arrays],
+            np.array([t for _, t in keys]), latest, values,
+            [(t.tolist(), k.tolist(), f.tolist()) for t, k, f in arrays],
         )
+
+    async def persist(self) -> None:
+        """Nothing to write at a checkpoint besides the changelog."""
+
+    def discard(self) -> None:
+        """Nothing kept between batches."""

@@ -80,7 +80,7 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
     from models.recipe import DEFAULT_RECIPE
     from models.registry import Registry
     from models.trainer import train_version
-    from streams.feature_log import read_feature_log
+    from streams.feature_log import wait_for_feature_log
     from streams.loop_report import (
         evaluation_frame,
         loop_figures,
@@ -174,7 +174,7 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
 
         log("writing the report")
         scores = [s for s in (Score.parse(m.value) for m in received) if s.tx_id in wanted]
-        logged = read_feature_log(run_dir / "feature_log")
+        logged = wait_for_feature_log(run_dir / "feature_log", wanted)
         labels = frame.set_index("TRANSACTION_ID")["TX_FRAUD"]
         evaluation = evaluation_frame(logged, labels)
         names = [SERVING_NAMES[c] for c in MODEL_FEATURE_COLUMNS]

@@ -68,25 +68,32 @@ class WorkerMetrics:
             "factory_shadow_scored", "Transactions also scored by a shadow version",
             registry=r,
         )
+        self.checkpoints = Counter(
+            "factory_checkpoints", "Checkpoints: changelog, outputs and feature log flushed, "
+            "then source offsets committed", ["topic"], registry=r,
+        )
+        self.changelog_records = Counter(
+            "factory_changelog_records", "State changelog records produced (one a changed "
+            "key a checkpoint)", ["topic"], registry=r,
+        )
         self.model_version = Gauge(
             "factory_model_version", "Model version serving", registry=r
         )
 
-    def observe_lag(self, stream, events) -> None:  # noqa: ANN001 - faust types
+    def observe_lag(self, consumer, batch) -> None:  # noqa: ANN001 - faust consumer
         """Set ``factory_consumer_lag`` for the partitions of a batch from the consumer's
         high-water marks (best effort: a consumer that cannot tell is skipped)."""
-        last: dict = {}
-        for event in events:
-            tp = event.message.tp
-            last[tp] = max(last.get(tp, -1), event.message.offset)
-        for tp, offset in last.items():
+        from faust.types import TP
+
+        for partition, (_, last) in batch.offset_ranges().items():
+            tp = TP(batch.topic, partition)
             try:
-                highwater = stream.app.consumer.highwater(tp)
+                highwater = consumer.highwater(tp)
             except Exception:  # noqa: BLE001, S112
                 continue
             if highwater is not None:
-                self.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, int(highwater) - offset - 1))
+                self.consumer_lag.labels(tp.topic, str(partition)).set(
+                    max(0, int(highwater) - last - 1))
 
     def stage(self, name: str, since: float) -> float:
         """Count the seconds since ``since`` towards stage ``name``; returns now."""

@@ -1,21 +1,13 @@
 """Source offsets the worker commits itself: in order, per partition, after the work.
 
-Faust 0.15 can let source events go missing between its consumer and a stream's
-``take_events`` batches, and with Faust's acknowledgements the next commit then passed
-them: labels missing from a terminal's counts, transactions never scored. Two causes
-were found in a worker's own logs:
+A worker's records can go missing between the fetch and the batch loop, or come twice:
+a rebalance drops what was fetched for partitions being moved and seeks back to the
+committed offsets; Faust's recovery (0.15) resumes partitions, seeks and then empties its
+buffers, so records fetched between the resume and the seek were lost and the rest came
+later, out of place (seen in the workers' logs as the first batch 20-30 offsets after
+the commit). With Faust's acknowledgements the next commit then passed such holes.
 
-- ours: a table write made ``take_events`` put an event of the previous batch in place
-  of a new one (``streams/changelog.py:write_as`` says how, and no longer does it);
-- Faust's, after a restart with tables to restore: when recovery ends it resumes the
-  stream partitions, seeks them to the committed offsets, and then resumes flow control,
-  which empties the stream buffers. Events fetched between the resume and the seek
-  (some 5-60 per partition) are emptied with the buffers, the rest of that fetch is
-  delivered after them, and the same events fetched again after the seek are dropped
-  as already read (below the last offset delivered). Faust records the jump as a gap
-  (meant for compacted topics) and counts it acknowledged.
-
-The worker therefore turns Faust's acknowledgements off for its source topic and keeps
+The worker therefore turns Faust's acknowledgements off for its source topics and keeps
 the offsets itself, as a sequence per partition:
 
 - the next offset to handle starts at the group's committed offset (or the partition's
@@ -25,9 +17,13 @@ the offsets itself, as a sequence per partition:
 - an event above it is a hole: the missing offsets are read from Kafka directly (a
   plain consumer assigned to the partition, no group) and handled first, in order.
   Offsets no record occupies (a transactional producer's markers) are passed;
-- after a batch is handled (outputs and changelog acknowledged by Kafka) the next offset
-  of each of its partitions is committed; a batch that fails is rewound (its partitions
-  start again from the committed offset).
+- at a checkpoint, once the batches since the last one are handled (outputs and
+  changelog acknowledged by Kafka, ``streams/checkpoint.py``), the next offset of each of
+  their partitions is committed; a batch that fails is rewound (its partitions start
+  again from the committed offset).
+
+The high-rate topics reach the worker as :class:`streams.batches.RecordBatch` columns
+beneath Faust's per-event path, so the sequencing is done a batch at a time, on columns.
 
 Nothing is committed that was not handled, and nothing is handled twice in a process.
 """
@@ -38,12 +34,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any
+
+import numpy as np
+
+from streams.batches import RecordBatch
 
 log = logging.getLogger(__name__)
 
 Committed = Callable[[list[int]], Awaitable[Mapping[int, int | None]]]
-Fill = Callable[[int, int, int], Awaitable[list[Any]]]
+Fill = Callable[[int, int, int], Awaitable[RecordBatch]]
 Commit = Callable[[Mapping[int, int]], Awaitable[bool]]
 
 
@@ -58,7 +57,7 @@ class SourceOffsets:
         The group's committed offsets of some partitions (``None`` where there is none;
         the next offset to read otherwise).
     fill
-        ``fill(partition, start, end)``: the partition's events at offsets
+        ``fill(partition, start, end)``: the partition's records at offsets
         ``start <= offset < end``, read from Kafka, in offset order.
     commit
         Commits ``{partition: next offset}`` for the group; ``False`` when the partitions
@@ -74,47 +73,61 @@ class SourceOffsets:
         self.filled = 0
         self.holes = 0
 
-    async def admit(self, events: list[Any]) -> list[Any]:
-        """The events to handle for ``events``, in order; see the module docstring."""
-        partitions = {event.message.partition for event in events}
-        unknown = sorted(p for p in partitions if p not in self.next)
+    async def admit(self, batch: RecordBatch) -> RecordBatch:
+        """The records to handle for ``batch``, in order per partition; see the module
+        docstring."""
+        partitions = np.unique(batch.partition).tolist()
+        unknown = [p for p in partitions if p not in self.next]
         if unknown:
             committed = await self._committed(unknown)
             for p in unknown:
                 self.next[p] = committed.get(p)
                 log.info("%s partition %d starts at %s", self.topic, p, self.next[p])
-        admitted: list[Any] = []
-        for event in events:
-            p, offset = event.message.partition, event.message.offset
+        pieces: list[RecordBatch] = []
+        for p in partitions:
+            rows = np.flatnonzero(batch.partition == p)
+            offsets = batch.offset[rows]
             want = self.next[p]
-            if want is not None and offset < want:
-                self.redelivered += 1
+            # Keep each offset above every one before it (and at or above ``want``): what
+            # is left out was handled already.
+            floor = np.maximum.accumulate(np.concatenate(([-1 if want is None else want - 1],
+                                                          offsets)))[:-1]
+            fresh = offsets > floor
+            self.redelivered += int((~fresh).sum())
+            rows, offsets = rows[fresh], offsets[fresh]
+            if not len(rows):
                 continue
-            if want is not None and offset > want:
-                admitted.extend(await self._fill_hole(p, want, offset))
-            admitted.append(event)
-            self.next[p] = offset + 1
-        return admitted
+            expected = np.concatenate(([offsets[0] if want is None else want],
+                                       offsets[:-1] + 1))
+            start = 0
+            for i in np.flatnonzero(offsets > expected).tolist():
+                if i > start:
+                    pieces.append(batch.take(rows[start:i]))
+                pieces.append(await self._fill_hole(p, int(expected[i]), int(offsets[i])))
+                start = i
+            pieces.append(batch.take(rows[start:]))
+            self.next[p] = int(offsets[-1]) + 1
+        return RecordBatch.concat(batch.topic, pieces)
 
-    async def _fill_hole(self, p: int, want: int, offset: int) -> list[Any]:
+    async def _fill_hole(self, p: int, want: int, offset: int) -> RecordBatch:
         missing = await self._fill(p, want, offset)
-        offsets = [event.message.offset for event in missing]
+        offsets = missing.offset.tolist()
         if offsets != sorted(set(offsets)) or any(not want <= o < offset for o in offsets):
             raise RuntimeError(f"{self.topic} partition {p}: read offsets {offsets} for "
                                f"the hole {want}-{offset - 1}")
         self.holes += 1
         self.filled += len(missing)
-        log.warning("%s partition %d: offsets %d-%d never reached the stream; read %d "
+        log.warning("%s partition %d: offsets %d-%d never reached the worker; read %d "
                     "record(s) of them from Kafka directly", self.topic, p, want,
                     offset - 1, len(missing))
         return missing
 
-    async def commit(self, handled: Iterable[Any]) -> None:
+    async def commit(self, handled: RecordBatch) -> None:
         """Commit the next offset of each partition of a handled batch."""
-        offsets: dict[int, int] = {}
-        for event in handled:
-            p, offset = event.message.partition, event.message.offset
-            offsets[p] = max(offsets.get(p, -1), offset + 1)
+        await self.commit_offsets(handled.next_offsets())
+
+    async def commit_offsets(self, offsets: Mapping[int, int]) -> None:
+        """Commit ``{partition: next offset}``."""
         if not offsets:
             return
         if await self._commit(offsets):
@@ -128,13 +141,13 @@ class SourceOffsets:
             self.next.pop(p, None)
 
     @contextlib.asynccontextmanager
-    async def batch(self, events: list[Any]) -> AsyncIterator[list[Any]]:
-        """Admit ``events``, let the caller handle them, then commit (or rewind on error)."""
+    async def batch(self, batch: RecordBatch) -> AsyncIterator[RecordBatch]:
+        """Admit ``batch``, let the caller handle it, then commit (or rewind on error)."""
         async with self.lock:
-            admitted = await self.admit(events)
+            admitted = await self.admit(batch)
             try:
                 yield admitted
             except BaseException:
-                self.rewind({event.message.partition for event in admitted})
+                self.rewind(np.unique(admitted.partition).tolist())
                 raise
             await self.commit(admitted)

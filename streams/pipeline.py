@@ -1,4 +1,12 @@
-"""The scoring agent's work on one micro-batch: validate, featurise, score, emit, log."""
+"""The scoring worker's work on one micro-batch, on columns: validate, featurise, score,
+emit, log.
+
+The batch arrives as :class:`streams.batches.RecordBatch` columns (beneath Faust's
+per-event path, ``streams/transport.py``); the card windows of every transaction are
+computed over the whole batch at once (``streams/card_batch.py``), the terminal features
+likewise (``streams/terminal_batch.py``), the scores go out through the C producer, and
+the feature-log rows wait for the worker's checkpoint (``streams/checkpoint.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +14,22 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import faust
 import numpy as np
 
-from streams.changelog import ChangelogBarrier, log_batch, write_as
+from streams.batches import RecordBatch
+from streams.card_batch import update_card_histories
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.feature_log import FeatureLog
-from streams.features import terminal_window_features, transaction_flags, update_card_history
+from streams.features import transaction_flags_batch, update_card_history
 from streams.metrics import WorkerMetrics
-from streams.records import Score, Transaction, ValidationError
+from streams.records import encode_scores, parse_transactions
 from streams.router import ModelRouter
 from streams.scoring import TritonScorer
+from streams.state import ChangelogState
+from streams.terminal_batch import terminal_features_batch
 from streams.topics import SCORES
 from streams.watermark import LabelWatermark
 
@@ -32,10 +42,13 @@ log = logging.getLogger(__name__)
 class ScoringPipeline:
     """Everything the scoring agent does with one micro-batch of transactions."""
 
-    def __init__(self, config: WorkerConfig, metrics: WorkerMetrics) -> None:
+    def __init__(self, config: WorkerConfig, metrics: WorkerMetrics, emitter: Emitter,
+                 state: ChangelogState, consumer: Any = None) -> None:
         self.config = config
         self.metrics = metrics
-        self.emitter = Emitter(config.kafka, config.settings, metrics)
+        self.emitter = emitter
+        self.state = state
+        self.consumer = consumer
         self.started = asyncio.Event()
         self.features: OnlineFeatures | None = None
         self.scorer: TritonScorer | None = None
@@ -100,51 +113,74 @@ class ScoringPipeline:
             self.shadow = 0
             self.metrics.model_version.set(self.version)
 
-    async def process(self, stream: faust.Stream, events: list[faust.types.EventT],
-                      card_history: faust.Table, changelog: ChangelogBarrier) -> None:
-        """Validate, featurise, score and emit one micro-batch, then flush the outputs."""
-        self.metrics.events_in.inc(len(events))
-        self.metrics.observe_lag(stream, events)
-        self.metrics.batch_size.observe(len(events))
-        log_batch("score", events)
+    async def process(self, batch: RecordBatch) -> None:
+        """Validate, featurise, score and emit one micro-batch (outputs produced, not yet
+        flushed: the checkpoint flushes them before it commits)."""
+        self.metrics.events_in.inc(len(batch))
+        self.metrics.batch_size.observe(len(batch))
+        if self.consumer is not None:
+            self.metrics.observe_lag(self.consumer, batch)
+        if log.isEnabledFor(logging.INFO):
+            log.info("score batch of %d: %s", len(batch), batch.offset_ranges())
         clock = time.perf_counter()
-        accepted: list[tuple[Transaction, faust.types.EventT]] = []
-        rows: list[list[float]] = []
-        # Every event writes its card's state in the partition of that event: writing
-        # a card once a batch lost state in Faust's recovery after a kill -9.
-        states: dict[str, bytes] = {}
-        for event in events:
-            try:
-                tx = Transaction.parse(event.message.value)
-            except ValidationError as exc:
-                self.emitter.dead_letter(event, "validate", exc)
-                continue
-            key = str(tx.card_id)
-            try:
-                state = states[key] if key in states else card_history[key]
-                state, card_features = update_card_history(
-                    state, tx.event_time, tx.amount, tx.tx_id
-                )
-                write_as(event)
-                card_history[key] = state
-            except Exception as exc:  # noqa: BLE001 - a poison event must not stop the worker
-                self.emitter.dead_letter(event, "features", exc)
-                continue
-            states[key] = state
-            weekend, night = transaction_flags(tx.event_time)
-            rows.append([tx.amount, weekend, night, *card_features])
-            accepted.append((tx, event))
+        parsed = parse_transactions(batch.value)
+        for row, error in parsed.errors:
+            self.emitter.dead_letter(batch, row, "validate", error)
+        rows, columns = parsed.rows, parsed.columns
+        if len(rows):
+            rows, columns, card_features = self._card_features(batch, rows, columns)
         clock = self.metrics.stage("validate_and_card_features", clock)
-        # The card state of this batch is in the changelog before any of its offsets
-        # can be committed (streams/changelog.py says why Faust's flush is not enough).
-        await changelog.wait(stream.app.producer)
-        self.metrics.stage("flush_changelog", clock)
-        if accepted:
-            await self._score(accepted, np.asarray(rows, dtype=np.float64))
-        clock = time.perf_counter()
-        await self.emitter.flush()
-        self.metrics.stage("flush", clock)
+        if len(rows):
+            await self._score(batch, rows, columns, card_features)
 
+    def _card_features(self, batch: RecordBatch, rows: np.ndarray,
+                       columns: dict[str, np.ndarray]
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """The card windows of every valid transaction, their states staged; a poison
+        event (its card's state unreadable) is dead-lettered and the rest go on."""
+        partitions = batch.partition[rows]
+        index: dict[tuple[int, int], int] = {}
+        card = np.fromiter(
+            (index.setdefault(key, len(index))
+             for key in zip(partitions.tolist(), columns["card_id"].tolist(), strict=True)),
+            np.int64, len(rows))
+        keys = list(index)
+        states = [self.state.get(p, c) for p, c in keys]
+        try:
+            new_states, features = update_card_histories(
+                states, card, columns["event_time"], columns["amount"], columns["tx_id"])
+        except Exception:  # noqa: BLE001 - find the event that cannot be handled
+            return self._card_features_one_by_one(batch, rows, columns, keys, states, card)
+        put = self.state.put
+        for (p, c), old, new in zip(keys, states, new_states, strict=True):
+            if new is not old:
+                put(p, c, new)
+        return rows, columns, features
+
+    def _card_features_one_by_one(self, batch: RecordBatch, rows: np.ndarray,
+                                  columns: dict[str, np.ndarray],
+                                  keys: list[tuple[int, int]], states: list[bytes],
+                                  card: np.ndarray
+                                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        states = list(states)
+        kept: list[int] = []
+        features: list[list[float]] = []
+        for i, row in enumerate(rows.tolist()):
+            k = int(card[i])
+            try:
+                states[k], row_features = update_card_history(
+                    states[k], float(columns["event_time"][i]), float(columns["amount"][i]),
+                    int(columns["tx_id"][i]))
+            except Exception as exc:  # noqa: BLE001 - a poison event must not stop the worker
+                self.emitter.dead_letter(batch, row, "features", exc)
+                continue
+            kept.append(i)
+            features.append(row_features)
+        for (p, c), state in zip(keys, states, strict=True):
+            self.state.put(p, c, state)
+        picked = np.array(kept, dtype=np.int64)
+        return (rows[picked], {name: column[picked] for name, column in columns.items()},
+                np.array(features, dtype=np.float64).reshape(len(kept), -1))
 
     async def _shadow_scores(self, features: np.ndarray, shadow: int) -> np.ndarray:
         """The shadow's scores, or NaN when it fails: a shadow never holds up the batch."""
@@ -166,34 +202,32 @@ class ScoringPipeline:
                 return
             await asyncio.sleep(0.02)
 
-    async def _score(self, accepted: list[tuple[Transaction, faust.types.EventT]],
-                     rows: np.ndarray) -> None:
+    async def _score(self, batch: RecordBatch, rows: np.ndarray,
+                     columns: dict[str, np.ndarray], card_features: np.ndarray) -> None:
         assert self.features is not None and self.scorer is not None
         assert self.feature_log is not None
-        ids = {
-            "tx_id": np.array([tx.tx_id for tx, _ in accepted], dtype=np.int64),
-            "event_time": np.array([tx.event_time for tx, _ in accepted], dtype=np.float64),
-            "card_id": np.array([tx.card_id for tx, _ in accepted], dtype=np.int64),
-            "terminal_id": np.array([tx.terminal_id for tx, _ in accepted], dtype=np.int64),
-        }
-        times = ids["event_time"]
+        times = columns["event_time"]
+        weekend, night = transaction_flags_batch(times)
+        features_in = np.column_stack([columns["amount"], weekend, night, card_features])
+        ids = {"tx_id": columns["tx_id"], "event_time": times,
+               "card_id": columns["card_id"], "terminal_id": columns["terminal_id"]}
         # The card view gets each card's latest state of this batch.
-        card_ids = ids["card_id"]
+        card_ids = columns["card_id"]
         _, last = np.unique(card_ids[::-1], return_index=True)
         last = len(card_ids) - 1 - last
         push = asyncio.create_task(asyncio.to_thread(
-            self.features.push_card_activity, card_ids[last], times[last], rows[last, 3:]
+            self.features.push_card_activity, card_ids[last], times[last], card_features[last]
         ))
         clock = time.perf_counter()
         await self._wait_for_labels(float(times.max()))
         clock = self.metrics.stage("wait_for_labels", clock)
-        labels = await asyncio.to_thread(self.features.read_terminal_labels, ids["terminal_id"])
+        labels = await asyncio.to_thread(self.features.read_terminal_labels,
+                                         columns["terminal_id"])
         clock = self.metrics.stage("read_terminal_labels", clock)
-        terminal = np.array([
-            terminal_window_features(*labels[int(terminal_id)], t)
-            for terminal_id, t in zip(ids["terminal_id"].tolist(), times.tolist(), strict=True)
-        ])
-        features = np.hstack([rows, terminal])
+        terminal_ids, terminal_index = np.unique(columns["terminal_id"], return_inverse=True)
+        terminal = terminal_features_batch([labels[t] for t in terminal_ids.tolist()],
+                                           terminal_index, times)
+        features = np.hstack([features_in, terminal])
         clock = self.metrics.stage("terminal_features", clock)
         await self.refresh_version()
         version, shadow = self.version, self.shadow
@@ -207,25 +241,35 @@ class ScoringPipeline:
             scores, shadow_scores = await self.scorer.score(features, version), None
         self.metrics.scoring_latency.observe(time.perf_counter() - started)
         clock = self.metrics.stage("triton", clock)
-        logged = asyncio.to_thread(self.feature_log.write, ids, features, scores, version,
-                                   shadow_scores, shadow)
-        now = time.time()
-        policy = self.config.policy
-        decisions: dict[str, int] = {}
-        for (tx, event), score in zip(accepted, scores.tolist(), strict=True):
-            appended = event.message.timestamp
-            latency = max(0.0, now - appended) if appended else 0.0
-            decision = policy.decide(score, tx.event_time)
-            decisions[decision] = decisions.get(decision, 0) + 1
-            record = Score(tx.tx_id, tx.card_id, tx.event_time, float(score), decision,
-                           version, round(latency * 1000, 3))
-            self.emitter.produce(SCORES, record.to_json(), event.message.key)
-            self.metrics.end_to_end_latency.observe(latency)
-        for decision, count in decisions.items():
+        self.feature_log.append(ids, features, scores, version, shadow_scores, shadow)
+        appended = batch.timestamp[rows]
+        latency = np.where(appended > 0, np.maximum(0.0, time.time() - appended), 0.0)
+        decisions = self.config.policy.decide_many(scores, times)
+        records = encode_scores(columns["tx_id"], card_ids, times, scores.astype(np.float64),
+                                decisions, version, np.round(latency * 1000, 3))
+        self.emitter.produce_many(SCORES, records, [batch.key[r] for r in rows.tolist()])
+        observe = self.metrics.end_to_end_latency.observe
+        for value in latency.tolist():
+            observe(value)
+        names, counts = np.unique(np.array(decisions), return_counts=True)
+        for decision, count in zip(names.tolist(), counts.tolist(), strict=True):
             self.metrics.decisions.labels(decision).inc(count)
         if shadow:
-            self.metrics.shadow_scored.inc(len(accepted))
+            self.metrics.shadow_scored.inc(len(rows))
         clock = self.metrics.stage("produce_scores", clock)
-        await asyncio.gather(push, logged)
-        self.metrics.stage("await_feast_push_and_log", clock)
-        self.metrics.scored.inc(len(accepted))
+        await push
+        self.metrics.stage("await_feast_push", clock)
+        self.metrics.scored.inc(len(rows))
+
+    async def persist(self) -> None:
+        """Checkpoint step: write the feature-log rows kept since the last one."""
+        assert self.feature_log is not None
+        if self.feature_log.pending_rows:
+            clock = time.perf_counter()
+            await asyncio.to_thread(self.feature_log.write_pending)
+            self.metrics.stage("write_feature_log", clock)
+
+    def discard(self) -> None:
+        """A batch failed: forget the rows kept since the last checkpoint."""
+        if self.feature_log is not None:
+            self.feature_log.discard_pending()

@@ -23,6 +23,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
 
@@ -186,3 +188,126 @@ class Score:
             model_version=_int(value, "model_version", minimum=1),
             latency_ms=_number(value, "latency_ms"),
         )
+
+
+@dataclass
+class ParsedBatch:
+    """The valid records of a batch as columns, and the invalid ones with their error.
+
+    ``rows`` are the positions of the valid records in the batch, ascending; ``columns``
+    hold one array a field, aligned with ``rows``.
+    """
+
+    rows: np.ndarray
+    columns: dict[str, np.ndarray]
+    errors: list[tuple[int, Exception]]
+
+
+def _decode_many(values: list[bytes | None]) -> list[Any]:
+    """Each value's JSON, decoded in one call where the whole batch is valid JSON.
+
+    The values joined into one JSON array parse to exactly one element a value when
+    each value is one JSON text (a value that is not, or is empty, breaks the array or
+    its length), so one parse stands for all of them. Otherwise, and for a value over
+    the size limit, the value's entry is ``None`` and the record is parsed alone.
+    """
+    if all(v is not None and len(v) <= MAX_PAYLOAD_BYTES for v in values):
+        try:
+            decoded = json.loads(b"[" + b",".join(values) + b"]")  # type: ignore[arg-type]
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            decoded = None
+        if decoded is not None and len(decoded) == len(values):
+            return decoded
+    return [None] * len(values)
+
+
+def _columns_if_all_valid(decoded: list[Any], fields: tuple[str, ...],
+                          kinds: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The batch's columns when every record is valid, checked a column at a time;
+    ``None`` when any record needs the full parse."""
+    if not decoded or set(map(type, decoded)) != {dict}:
+        return None
+    versions = [value.get("v") for value in decoded]
+    if set(map(type, versions)) != {int} or set(versions) != {SCHEMA_VERSION}:
+        return None
+    columns: dict[str, np.ndarray] = {}
+    for name, kind in zip(fields, kinds, strict=True):
+        items = [value.get(name) for value in decoded]
+        types = set(map(type, items))
+        if kind == "number":
+            if not types <= {int, float}:
+                return None
+            if int in types and any(type(x) is int and not 0 <= x < 2**53 for x in items):
+                return None
+            column = np.array(items, dtype=np.float64)
+            if not (np.isfinite(column).all() and (column >= 0).all()):
+                return None
+        else:
+            if types != {int}:
+                return None
+            if any(not 0 <= x < 2**63 for x in items):
+                return None
+            column = np.array(items, dtype=np.int64)
+            if kind == "flag" and not np.isin(column, (0, 1)).all():
+                return None
+        columns[name] = column.astype(np.int8) if kind == "flag" else column
+    return columns
+
+
+def _parse_batch(values: list[bytes | None], record: Any, fields: tuple[str, ...],
+                 kinds: tuple[str, ...]) -> ParsedBatch:
+    """Validate a batch: column checks over the whole batch when every record passes
+    them, else the full parse a record (and its precise error)."""
+    decoded = _decode_many(values)
+    columns = _columns_if_all_valid(decoded, fields, kinds)
+    if columns is not None:
+        return ParsedBatch(np.arange(len(values), dtype=np.int64), columns, [])
+    rows: list[int] = []
+    out: list[list[Any]] = [[] for _ in fields]
+    errors: list[tuple[int, Exception]] = []
+    for i, raw in enumerate(values):
+        try:
+            item = record.parse(raw)
+        except Exception as exc:  # noqa: BLE001 - any failure is a dead letter
+            errors.append((i, exc))
+            continue
+        rows.append(i)
+        for column, name in zip(out, fields, strict=True):
+            column.append(getattr(item, name))
+    dtypes = {"int": np.int64, "number": np.float64, "flag": np.int8}
+    columns = {name: np.array(column, dtype=dtypes[kind])
+               for name, kind, column in zip(fields, kinds, out, strict=True)}
+    return ParsedBatch(np.array(rows, dtype=np.int64), columns, errors)
+
+
+def parse_transactions(values: list[bytes | None]) -> ParsedBatch:
+    """:meth:`Transaction.parse` of a whole batch: the same records accepted, the same
+    errors for the others."""
+    return _parse_batch(values, Transaction,
+                        ("tx_id", "event_time", "card_id", "terminal_id", "amount"),
+                        ("int", "number", "int", "int", "number"))
+
+
+def parse_labels(values: list[bytes | None]) -> ParsedBatch:
+    """:meth:`Label.parse` of a whole batch."""
+    return _parse_batch(values, Label,
+                        ("tx_id", "card_id", "terminal_id", "event_time", "is_fraud",
+                         "known_at"),
+                        ("int", "int", "int", "number", "flag", "number"))
+
+
+_SCORE = ('{"v": %d, "tx_id": %d, "card_id": %d, "event_time": %r, "score": %r, '
+          '"decision": "%s", "model_version": %d, "latency_ms": %r}')
+
+
+def encode_scores(tx_id: np.ndarray, card_id: np.ndarray, event_time: np.ndarray,
+                  score: np.ndarray, decision: list[str], model_version: int,
+                  latency_ms: np.ndarray) -> list[bytes]:
+    """``Score(...).to_json()`` of each row, without building the records."""
+    template = _SCORE
+    return [
+        (template % (SCHEMA_VERSION, t, c, e, s, d, model_version, lat)).encode()
+        for t, c, e, s, d, lat in zip(tx_id.tolist(), card_id.tolist(),
+                                      event_time.tolist(), score.tolist(), decision,
+                                      latency_ms.tolist(), strict=True)
+    ]

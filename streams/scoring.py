@@ -37,6 +37,12 @@ class DecisionPolicy:
             return "review"
         return "approve"
 
+    def decide_many(self, scores: np.ndarray, event_times: np.ndarray) -> list[Decision]:
+        """:meth:`decide` of each score, over the whole array."""
+        names = np.array(["approve", "review", "block"])
+        level = (scores >= self.review_at).astype(np.int8) + (scores >= self.block_at)
+        return names[level].tolist()
+
 
 class ReviewBudget:
     """Decisions under a daily review budget: at most ``reviews_per_day`` reviews a day.
@@ -89,6 +95,12 @@ class ReviewBudget:
             self.used += 1
             return "review"
         return "approve"
+
+    def decide_many(self, scores: np.ndarray, event_times: np.ndarray) -> list[Decision]:
+        """:meth:`decide` of each score in order (the budget is spent in arrival order)."""
+        decide = self.decide
+        return [decide(s, t) for s, t in zip(scores.tolist(), event_times.tolist(),
+                                             strict=True)]
 
 
 class TritonScorer:

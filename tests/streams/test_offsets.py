@@ -5,21 +5,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from types import SimpleNamespace
-from typing import Any
 
+import numpy as np
 import pytest
 
+from streams.batches import RecordBatch
 from streams.offsets import SourceOffsets
 
 
-def events(partition: int, *offsets: int) -> list[Any]:
-    return [SimpleNamespace(message=SimpleNamespace(partition=partition, offset=o))
-            for o in offsets]
+class Events(RecordBatch):
+    """A batch of records of one topic; ``+`` appends another batch (as a fetch does)."""
+
+    def __add__(self, other: RecordBatch) -> Events:
+        both = RecordBatch.concat("t", [self, other])
+        return Events(both.topic, both.partition, both.offset, both.timestamp, both.key,
+                      both.value)
 
 
-def offsets_of(batch: list[Any]) -> list[tuple[int, int]]:
-    return [(e.message.partition, e.message.offset) for e in batch]
+def events(partition: int, *offsets: int) -> Events:
+    values = [b"%d:%d" % (partition, o) for o in offsets]
+    return Events("t", np.full(len(offsets), partition, np.int32),
+                  np.array(offsets, dtype=np.int64), np.zeros(len(offsets)),
+                  list(values), values)
+
+
+def offsets_of(batch: RecordBatch) -> list[tuple[int, int]]:
+    assert batch.value == [b"%d:%d" % (p, o) for p, o in
+                           zip(batch.partition.tolist(), batch.offset.tolist(), strict=True)]
+    return list(zip(batch.partition.tolist(), batch.offset.tolist(), strict=True))
 
 
 class Kafka:
@@ -39,7 +52,7 @@ class Kafka:
         self.reads.append(partitions)
         return {p: self.committed.get(p) for p in partitions}
 
-    async def fill(self, partition: int, start: int, end: int) -> list[Any]:
+    async def fill(self, partition: int, start: int, end: int) -> RecordBatch:
         self.fills.append((partition, start, end))
         return events(partition, *[o for o in self.log[partition] if start <= o < end])
 
@@ -52,7 +65,7 @@ class Kafka:
         return SourceOffsets("t", self.read, self.fill, self.commit)
 
 
-async def handle(guard: SourceOffsets, batch: list[Any]) -> list[tuple[int, int]]:
+async def handle(guard: SourceOffsets, batch: RecordBatch) -> list[tuple[int, int]]:
     async with guard.batch(batch) as admitted:
         return offsets_of(admitted)
 
@@ -64,8 +77,9 @@ def test_in_order_events_are_handled_and_committed_per_partition() -> None:
     async def scenario() -> None:
         assert await handle(guard, events(0, 10, 11) + events(1, 5)) == [
             (0, 10), (0, 11), (1, 5)]
+        # in offset order per partition, the partitions one after the other
         assert await handle(guard, events(1, 6, 7) + events(0, 12)) == [
-            (1, 6), (1, 7), (0, 12)]
+            (0, 12), (1, 6), (1, 7)]
 
     asyncio.run(scenario())
     assert kafka.reads == [[0, 1]]  # committed offsets read once per partition
@@ -109,7 +123,7 @@ def test_offsets_that_hold_no_record_are_passed() -> None:
 def test_a_fill_outside_the_hole_is_an_error_and_commits_nothing() -> None:
     kafka = Kafka({0: 0}, {0: 10})
 
-    async def wrong(partition: int, start: int, end: int) -> list[Any]:
+    async def wrong(partition: int, start: int, end: int) -> RecordBatch:
         return events(partition, start, end)  # one past the hole
 
     guard = SourceOffsets("t", kafka.read, wrong, kafka.commit)
@@ -154,3 +168,13 @@ def test_a_revoked_partition_starts_again_from_the_committed_offset() -> None:
 
     asyncio.run(scenario())
     assert kafka.commits == [{0: 2}, {0: 31}] and kafka.fills == []
+
+
+def test_holes_inside_one_batch_and_repeats_within_it_are_handled_in_order() -> None:
+    kafka = Kafka({0: 0}, {0: 30})
+    guard = kafka.guard()
+    # a fetch after a seek back: 0-2, then 1-2 again, then a jump past 3-4
+    batch = events(0, 0, 1, 2, 1, 2, 5, 6)
+    assert asyncio.run(handle(guard, batch)) == [(0, o) for o in range(7)]
+    assert kafka.fills == [(0, 3, 5)] and guard.redelivered == 2
+    assert kafka.commits == [{0: 7}]

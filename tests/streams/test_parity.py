@@ -18,7 +18,7 @@ from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES, add_mode
 from models.simulator import simulate
 from streams.clients import Received, consume, topic_end_offsets
 from streams.feast_client import OnlineFeatures, model_feature_order, open_store
-from streams.feature_log import ID_COLUMNS, OUTPUT_COLUMNS, read_feature_log
+from streams.feature_log import ID_COLUMNS, OUTPUT_COLUMNS, wait_for_feature_log
 from streams.features import DAY, TERMINAL_RETENTION_S, terminal_window_features
 from streams.offline_store import export_offline, training_set
 from streams.producer import ReplayOptions, replay
@@ -118,8 +118,9 @@ def wait_for_commits(live_stack, group: str, topic: str, start: dict[int, int], 
 
 
 def assert_parity(frame: pd.DataFrame, log_dir: Path) -> pd.DataFrame:
-    logged = read_feature_log(log_dir)
-    assert len(logged) == len(frame), "every transaction is in the feature log"
+    # Rows are written at the worker's checkpoint, up to a second after their scores.
+    logged = wait_for_feature_log(log_dir, set(frame["TRANSACTION_ID"].tolist()))
+    assert len(logged) == len(frame), "every transaction is in the feature log once"
     reference = frame.sort_values("TRANSACTION_ID").reset_index(drop=True)
     assert np.array_equal(logged["tx_id"].to_numpy(), reference["TRANSACTION_ID"].to_numpy())
     names = [c for c in logged.columns if c not in (*ID_COLUMNS, *OUTPUT_COLUMNS)]

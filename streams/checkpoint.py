@@ -1,0 +1,163 @@
+"""The batch loop of one high-rate topic: micro-batches in, checkpoints out.
+
+Each micro-batch is admitted in offset order (``streams/offsets.py``), its partitions'
+state restored from the changelog when they are new to this worker
+(``streams/state.py``), and handled by the topic's pipeline, which produces its outputs
+without waiting for them. Every ``commit_interval_s`` (or ``commit_every`` records), and
+before partitions are revoked, a **checkpoint**:
+
+1. one changelog record a key changed since the last checkpoint is produced;
+2. the producer is flushed once (scores, dead letters and changelog records all
+   acknowledged by Kafka) while the feature-log rows kept since the last checkpoint are
+   written (one part an event date);
+3. the next offset of every partition handled is committed.
+
+So no offset is committed before its outputs, state and feature-log rows are durable, and
+the checkpoint has the shape of one Kafka transaction (outputs, changelog and offsets
+together) should exactly-once be wanted. A batch or checkpoint that fails discards the
+state and rows not yet checkpointed and rewinds every partition to its committed offset:
+the records are handled again (at least once; ``tx_id`` is the idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from streams.batches import BatchBuffer, RecordBatch
+from streams.emit import Emitter
+from streams.metrics import WorkerMetrics
+from streams.offsets import SourceOffsets
+from streams.state import ChangelogState
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline(Protocol):
+    started: asyncio.Event
+
+    async def start(self) -> None: ...
+
+    async def process(self, batch: RecordBatch) -> None: ...
+
+    async def persist(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class BatchLoop:
+    """Takes one topic's micro-batches from its buffer and checkpoints them."""
+
+    def __init__(self, buffer: BatchBuffer, offsets: SourceOffsets, pipeline: Pipeline,
+                 state: ChangelogState, emitter: Emitter, metrics: WorkerMetrics, *,
+                 batch_max: int, batch_wait_s: float, commit_interval_s: float = 1.0,
+                 commit_every: int = 50_000) -> None:
+        self.buffer = buffer
+        self.offsets = offsets
+        self.pipeline = pipeline
+        self.state = state
+        self.emitter = emitter
+        self.metrics = metrics
+        self.batch_max = batch_max
+        self.batch_wait_s = batch_wait_s
+        self.commit_interval_s = commit_interval_s
+        self.commit_every = commit_every
+        self.lock = asyncio.Lock()
+        self.pending: dict[int, int] = {}
+        self.pending_records = 0
+        self.last_checkpoint = time.monotonic()
+        self.failures = 0
+
+    @property
+    def topic(self) -> str:
+        return self.buffer.topic
+
+    async def run(self) -> None:
+        await self.pipeline.started.wait()
+        while True:
+            try:
+                batch = await asyncio.wait_for(
+                    self.buffer.take(self.batch_max, self.batch_wait_s),
+                    self.commit_interval_s)
+            except TimeoutError:
+                batch = None
+            async with self.lock:
+                if batch is not None and len(batch):
+                    await self._handle(batch)
+                if self.pending and (
+                        self.pending_records >= self.commit_every
+                        or time.monotonic() - self.last_checkpoint >= self.commit_interval_s):
+                    await self.checkpoint()
+
+    async def _handle(self, batch: RecordBatch) -> None:
+        try:
+            admitted = await self.offsets.admit(batch)
+            if not len(admitted):
+                return
+            partitions = np.unique(admitted.partition).tolist()
+            new = [p for p in partitions if not self.state.owns(p)]
+            if new:
+                clock = time.perf_counter()
+                await asyncio.to_thread(self.state.restore, new)
+                self.metrics.stage("restore_state", clock)
+            await self.pipeline.process(admitted)
+        except Exception:
+            log.exception("%s batch failed; handling it again from the committed offsets",
+                          self.topic)
+            self.failures += 1
+            self._reset()
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(self.failures, 6)))
+            return
+        self.failures = 0
+        for p, offset in admitted.next_offsets().items():
+            self.pending[p] = max(self.pending.get(p, 0), offset)
+        self.pending_records += len(admitted)
+
+    def _reset(self, partitions: list[int] | None = None) -> None:
+        """Forget everything not checkpointed: state, kept rows, positions."""
+        owned = list(self.state.partitions) + list(self.offsets.next)
+        every = sorted(set(owned if partitions is None else partitions)
+                       | set(self.pending))
+        self.state.discard_staged(every)
+        self.offsets.rewind(every)
+        self.pipeline.discard()
+        self.pending, self.pending_records = {}, 0
+
+    async def checkpoint(self) -> None:
+        """Changelog, one flush with the feature-log write, then the offsets."""
+        self.last_checkpoint = time.monotonic()
+        if not self.pending:
+            return
+        clock = time.perf_counter()
+        try:
+            changed = self.state.checkpoint(self.emitter.changelog)
+            await asyncio.gather(self.emitter.flush(), self.pipeline.persist())
+            clock = self.metrics.stage("checkpoint_flush", clock)
+            await self.offsets.commit_offsets(self.pending)
+            self.metrics.stage("checkpoint_commit", clock)
+        except Exception:
+            log.exception("%s checkpoint failed; handling its batches again", self.topic)
+            self._reset()
+            return
+        self.metrics.checkpoints.labels(self.topic).inc()
+        self.metrics.changelog_records.labels(self.topic).inc(changed)
+        self.pending, self.pending_records = {}, 0
+
+    async def on_revoked(self, partitions: list[int]) -> None:
+        """Checkpoint what was handled, then let the partitions go."""
+        async with self.lock:
+            await self.checkpoint()
+            self.buffer.drop(partitions)
+            self.offsets.rewind(partitions)
+            self.state.drop(partitions)
+
+    def on_assigned(self, partitions: list[int]) -> None:
+        self.buffer.assign(partitions)
+
+    def describe(self) -> dict[str, Any]:
+        return {"topic": self.topic, "pending": dict(self.pending),
+                "owned": sorted(self.buffer.owned)}
