@@ -4,13 +4,17 @@ Each micro-batch is admitted in offset order (``streams/offsets.py``), its parti
 state restored from the changelog when they are new to this worker
 (``streams/state.py``), and handled by the topic's pipeline, which produces its outputs
 without waiting for them. Every ``commit_interval_s`` (or ``commit_every`` records), and
-before partitions are revoked, a **checkpoint**:
+before partitions are revoked or the worker stops, a **checkpoint**:
 
 1. one changelog record a key changed since the last checkpoint is produced;
 2. the producer is flushed once (scores, dead letters and changelog records all
    acknowledged by Kafka) while the feature-log rows kept since the last checkpoint are
    written (one part an event date);
 3. the next offset of every partition handled is committed.
+
+Steps 2 and 3 run beside the batches that follow (a flush and a parquet write take tens
+of milliseconds, which a stalled loop would add to every event's latency); those batches
+belong to the next checkpoint, which starts only once this one is done.
 
 So no offset is committed before its outputs, state and feature-log rows are durable, and
 the checkpoint has the shape of one Kafka transaction (outputs, changelog and offsets
@@ -44,7 +48,9 @@ class Pipeline(Protocol):
 
     async def process(self, batch: RecordBatch) -> None: ...
 
-    async def persist(self) -> None: ...
+    def cut(self) -> Any: ...
+
+    async def persist(self, rows: Any) -> None: ...
 
     def discard(self) -> None: ...
 
@@ -71,6 +77,7 @@ class BatchLoop:
         self.pending_records = 0
         self.last_checkpoint = time.monotonic()
         self.failures = 0
+        self._in_flight: asyncio.Task[None] | None = None
 
     @property
     def topic(self) -> str:
@@ -86,12 +93,14 @@ class BatchLoop:
             except TimeoutError:
                 batch = None
             async with self.lock:
+                if self._failed_checkpoint():
+                    continue
                 if batch is not None and len(batch):
                     await self._handle(batch)
-                if self.pending and (
+                if self.pending and self._in_flight is None and (
                         self.pending_records >= self.commit_every
                         or time.monotonic() - self.last_checkpoint >= self.commit_interval_s):
-                    await self.checkpoint()
+                    self._in_flight = asyncio.create_task(self._checkpoint(*self._cut()))
 
     async def _handle(self, batch: RecordBatch) -> None:
         try:
@@ -109,7 +118,7 @@ class BatchLoop:
             log.exception("%s batch failed; handling it again from the committed offsets",
                           self.topic)
             self.failures += 1
-            self._reset()
+            await self._reset()
             await asyncio.sleep(min(5.0, 0.1 * 2 ** min(self.failures, 6)))
             return
         self.failures = 0
@@ -117,35 +126,77 @@ class BatchLoop:
             self.pending[p] = max(self.pending.get(p, 0), offset)
         self.pending_records += len(admitted)
 
-    def _reset(self, partitions: list[int] | None = None) -> None:
+    async def _reset(self) -> None:
         """Forget everything not checkpointed: state, kept rows, positions."""
-        owned = list(self.state.partitions) + list(self.offsets.next)
-        every = sorted(set(owned if partitions is None else partitions)
+        if self._in_flight is not None:
+            await asyncio.gather(self._in_flight, return_exceptions=True)
+            self._in_flight = None
+        every = sorted(set(self.state.partitions) | set(self.offsets.next)
                        | set(self.pending))
         self.state.discard_staged(every)
         self.offsets.rewind(every)
         self.pipeline.discard()
         self.pending, self.pending_records = {}, 0
 
-    async def checkpoint(self) -> None:
-        """Changelog, one flush with the feature-log write, then the offsets."""
+    def _failed_checkpoint(self) -> bool:
+        """Whether the checkpoint in flight failed; the loop is reset for it (the batches
+        since the last good checkpoint are handled again)."""
+        task = self._in_flight
+        if task is None or not task.done():
+            return False
+        self._in_flight = None
+        if task.cancelled() or task.exception() is None:
+            return False
+        log.error("%s checkpoint failed (%s); handling its batches again", self.topic,
+                  task.exception())
+        self._reset_now()
+        return True
+
+    def _reset_now(self) -> None:
+        every = sorted(set(self.state.partitions) | set(self.offsets.next)
+                       | set(self.pending))
+        self.state.discard_staged(every)
+        self.offsets.rewind(every)
+        self.pipeline.discard()
+        self.pending, self.pending_records = {}, 0
+
+    def _cut(self) -> tuple[dict[int, int], int, Any]:
+        """What the next checkpoint covers: the offsets handled so far, their changelog
+        records (produced now) and their feature-log rows."""
         self.last_checkpoint = time.monotonic()
-        if not self.pending:
-            return
+        offsets, self.pending, self.pending_records = self.pending, {}, 0
+        changed = self.state.checkpoint(self.emitter.changelog)
+        return offsets, changed, self.pipeline.cut()
+
+    async def _checkpoint(self, offsets: dict[int, int], changed: int, rows: Any) -> None:
+        """One flush with the feature-log write, then the offsets. Runs beside the batches
+        that follow (they are in the next checkpoint); raises when anything failed."""
         clock = time.perf_counter()
-        try:
-            changed = self.state.checkpoint(self.emitter.changelog)
-            await asyncio.gather(self.emitter.flush(), self.pipeline.persist())
-            clock = self.metrics.stage("checkpoint_flush", clock)
-            await self.offsets.commit_offsets(self.pending)
-            self.metrics.stage("checkpoint_commit", clock)
-        except Exception:
-            log.exception("%s checkpoint failed; handling its batches again", self.topic)
-            self._reset()
-            return
+        await asyncio.gather(self.emitter.flush(), self.pipeline.persist(rows))
+        clock = self.metrics.stage("checkpoint_flush", clock)
+        await self.offsets.commit_offsets(offsets)
+        self.metrics.stage("checkpoint_commit", clock)
         self.metrics.checkpoints.labels(self.topic).inc()
         self.metrics.changelog_records.labels(self.topic).inc(changed)
-        self.pending, self.pending_records = {}, 0
+
+    async def checkpoint(self) -> None:
+        """Checkpoint everything handled so far and wait for it (a revoke, a stop). Call
+        with :attr:`lock` held."""
+        if self._in_flight is not None:
+            task, self._in_flight = self._in_flight, None
+            try:
+                await task
+            except Exception:  # noqa: BLE001
+                log.exception("%s checkpoint failed; handling its batches again", self.topic)
+                self._reset_now()
+                return
+        if not self.pending:
+            return
+        try:
+            await self._checkpoint(*self._cut())
+        except Exception:  # noqa: BLE001
+            log.exception("%s checkpoint failed; handling its batches again", self.topic)
+            self._reset_now()
 
     async def on_revoked(self, partitions: list[int]) -> None:
         """Checkpoint what was handled, then let the partitions go."""

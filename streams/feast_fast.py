@@ -117,6 +117,10 @@ def encode_value(kind: str, value: Any) -> bytes:
         value = int(value)
         return _SMALL_INTS[value] if 0 <= value < 128 else b"\x20" + _varint(value)
     if isinstance(value, np.ndarray):
+        packed = _packed_array(kind, value)
+        if packed is not None:
+            inner = b"\x0a" + _varint(len(packed)) + packed if packed else b""
+            return bytes((_TAG[kind],)) + _varint(len(inner)) + inner
         value = value.tolist()
     if kind == _DOUBLE_LIST:
         packed = struct.pack(f"<{len(value)}d", *value)
@@ -130,6 +134,16 @@ def encode_value(kind: str, value: Any) -> bytes:
             packed = b"".join(_varint(int(v)) for v in value)
     inner = b"\x0a" + _varint(len(packed)) + packed if packed else b""
     return bytes((_TAG[kind],)) + _varint(len(inner)) + inner
+
+
+def _packed_array(kind: str, value: np.ndarray) -> bytes | None:
+    """The packed payload of a list straight from its array (the bytes ``struct.pack``
+    and one-byte varints give), or ``None`` when it needs the general encoding."""
+    if kind == _DOUBLE_LIST:
+        return np.ascontiguousarray(value, dtype="<f8").tobytes()
+    if value.dtype.kind in "iub" and (not value.size or (value.min() >= 0 and value.max() < 128)):
+        return value.astype(np.uint8).tobytes()
+    return None
 
 
 def _parse(raw: bytes) -> Any:

@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,9 +51,16 @@ class FeatureLog:
         """Forget rows not written yet (their batches are handled again)."""
         self._pending, self.pending_rows = [], 0
 
-    def write_pending(self) -> int:
-        """Write the rows kept since the last call; returns the number of files written."""
+    def take_pending(self) -> list[Any]:
+        """The rows kept so far, no longer kept here (for :meth:`write_pending`)."""
         pending, self._pending, self.pending_rows = self._pending, [], 0
+        return pending
+
+    def write_pending(self, pending: list[Any] | None = None) -> int:
+        """Write ``pending`` (by default the rows kept since the last call); returns the
+        number of files written."""
+        if pending is None:
+            pending = self.take_pending()
         if not pending:
             return 0
         ids = {name: np.concatenate([p[0][name] for p in pending]) for name in ID_COLUMNS}

@@ -112,12 +112,15 @@ class LabelPipeline:
         assert self.features is not None
         arrays = [terminal_arrays(state) for state in states]
         values = terminal_features_batch(arrays, np.arange(len(keys)), latest)
-        self.features.push_terminal_risk(
-            np.array([t for _, t in keys]), latest, values,
-            [(t.tolist(), k.tolist(), f.tolist()) for t, k, f in arrays],
-        )
+        if self.config.feast_path == "sdk":
+            arrays = [(t.tolist(), k.tolist(), f.tolist()) for t, k, f in arrays]
+        self.features.push_terminal_risk(np.array([t for _, t in keys]), latest, values,
+                                         arrays)
 
-    async def persist(self) -> None:
+    def cut(self) -> None:
+        """Nothing is kept for a checkpoint besides the changelog."""
+
+    async def persist(self, rows: None) -> None:
         """Nothing to write at a checkpoint besides the changelog."""
 
     def discard(self) -> None:

@@ -29,6 +29,9 @@ return generation
 """
 
 
+ROUTE_FIELDS = ["serving", "shadow", "generation"]
+
+
 @dataclass(frozen=True)
 class Route:
     """The route of one generation: ``serving`` decides, ``shadow`` (0: none) only logs."""
@@ -51,7 +54,12 @@ class ModelRouter:
 
     def route(self) -> Route | None:
         """The current route; ``None`` before any was set."""
-        values = self.client.hmget(self.key, ["serving", "shadow", "generation"])
+        return self.parse_route(self.client.hmget(self.key, ROUTE_FIELDS))
+
+    @staticmethod
+    def parse_route(values: list[bytes | None]) -> Route | None:
+        """The route from the ``HMGET`` of :data:`ROUTE_FIELDS` (for callers that batch it
+        with other reads in one round trip)."""
         if values[0] is None:
             return None
         return Route(int(values[0]), int(values[1] or 0), int(values[2] or 0))

@@ -15,6 +15,7 @@ Faust's own per-message path, exactly as in Faust's loop.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,9 @@ from streams.batches import BatchBuffer
 
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, handing the batched topics' records to their buffers."""
+
+    fetch_linger_s = float(os.environ.get("XLINGER", "0.003"))
+    fetch_linger_below = 1000
 
     def batch_buffers(self) -> dict[str, BatchBuffer]:
         return getattr(self.app, "batch_buffers", {})
@@ -55,6 +59,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     # go back to the committed offsets.
                     await self.perform_seek()
                     continue
+                fetched = sum(len(r) for r in records.values())
                 generation = self.app.consumer_generation_id
                 for tp, tp_records in records.items():
                     if self.app.consumer_generation_id != generation or not self.flow_active:
@@ -76,6 +81,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                             await self._add_gap(tp, read + 1, message.offset)
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, message.offset)
+                if fetched < self.fetch_linger_below:
+                    # A small fetch: let records gather in the client's fetch buffer
+                    # before asking again (fewer fetches, hand-offs and wake-ups).
+                    await asyncio.sleep(self.fetch_linger_s)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return

@@ -44,7 +44,11 @@ class LabelWatermark:
 
     def current(self) -> float | None:
         """The smallest mark over all partitions; ``None`` until each has one."""
-        marks = self.client.hgetall(self.key)
+        return self.parse(self.client.hgetall(self.key))
+
+    def parse(self, marks: dict[bytes, bytes]) -> float | None:
+        """:meth:`current` from the ``HGETALL`` of :attr:`key` (for callers that batch it
+        with other reads in one round trip)."""
         if len(marks) < self.partitions:
             return None
         return min(float(value) for value in marks.values())
