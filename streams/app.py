@@ -262,11 +262,25 @@ def source_offsets(app: FactoryApp, config: WorkerConfig, topic: str) -> SourceO
     async def fill(partition: int, start: int, end: int) -> RecordBatch:
         return await asyncio.to_thread(read_range, partition, start, end)
 
+    def read_ends(partitions: list[int]) -> dict[int, int]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({**settings.kafka.client_config(config.kafka),
+                             "group.id": f"{config.app_id}-ends", "enable.auto.commit": False})
+        try:
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                    for p in partitions}
+        finally:
+            consumer.close()
+
+    async def ends(partitions: list[int]) -> dict[int, int]:
+        return await asyncio.to_thread(read_ends, partitions)
+
     async def commit(offsets: Mapping[int, int]) -> bool:
         return await app.consumer.commit_source(  # type: ignore[attr-defined]
             {TP(topic, p): offset for p, offset in offsets.items()})
 
-    return SourceOffsets(topic, committed, fill, commit)
+    return SourceOffsets(topic, committed, fill, commit, ends)
 
 
 @dataclass

@@ -78,6 +78,8 @@ class BatchLoop:
         self.last_checkpoint = time.monotonic()
         self.failures = 0
         self._in_flight: asyncio.Task[None] | None = None
+        self._caught_up: set[int] = set()
+        self._caught_up_checked = 0.0
 
     @property
     def topic(self) -> str:
@@ -97,6 +99,8 @@ class BatchLoop:
                     continue
                 if batch is not None and len(batch):
                     await self._handle(batch)
+                if self._waiting_to_catch_up():
+                    await self._mark_caught_up()
                 if self.pending and self._in_flight is None and (
                         self.pending_records >= self.commit_every
                         or time.monotonic() - self.last_checkpoint >= self.commit_interval_s):
@@ -122,6 +126,7 @@ class BatchLoop:
             await asyncio.sleep(min(5.0, 0.1 * 2 ** min(self.failures, 6)))
             return
         self.failures = 0
+        self._caught_up.update(partitions)  # its batch marked it
         for p, offset in admitted.next_offsets().items():
             self.pending[p] = max(self.pending.get(p, 0), offset)
         self.pending_records += len(admitted)
@@ -151,6 +156,36 @@ class BatchLoop:
                   task.exception())
         self._reset_now()
         return True
+
+    def _waiting_to_catch_up(self) -> bool:
+        """Whether an owned partition is still to be checked (at most once a commit
+        interval)."""
+        if not self.buffer.owned - self._caught_up:
+            return False
+        now = time.monotonic()
+        if now - self._caught_up_checked < self.commit_interval_s:
+            return False
+        self._caught_up_checked = now
+        return True
+
+    async def _mark_caught_up(self) -> None:
+        """While no batch comes: tell the pipeline of each owned partition whose every
+        record is handled (its position is the end of the partition), once after each
+        assignment, with the partition's state (restored first when needed)."""
+        caught_up = getattr(self.pipeline, "caught_up", None)
+        waiting = [p for p in sorted(self.buffer.owned) if p not in self._caught_up]
+        if caught_up is None or self.offsets.ends is None or not waiting:
+            return
+        ends = await self.offsets.ends(waiting)
+        positions = await self.offsets.positions(waiting)
+        for p in waiting:
+            position = positions[p]
+            if position is None or position < ends.get(p, 0):
+                continue
+            if not self.state.owns(p):
+                await asyncio.to_thread(self.state.restore, [p])
+            caught_up(p, self.state.table(p))
+            self._caught_up.add(p)
 
     def _reset_now(self) -> None:
         every = sorted(set(self.state.partitions) | set(self.offsets.next)
@@ -205,6 +240,7 @@ class BatchLoop:
             self.buffer.drop(partitions)
             self.offsets.rewind(partitions)
             self.state.drop(partitions)
+            self._caught_up.difference_update(partitions)
 
     def on_assigned(self, partitions: list[int]) -> None:
         self.buffer.assign(partitions)

@@ -13,7 +13,7 @@ import numpy as np
 from streams.batches import RecordBatch
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
-from streams.features import terminal_arrays, update_terminal_history
+from streams.features import TERMINAL_DTYPE, terminal_arrays, update_terminal_history
 from streams.metrics import WorkerMetrics
 from streams.records import parse_labels
 from streams.state import ChangelogState
@@ -116,6 +116,24 @@ class LabelPipeline:
             arrays = [(t.tolist(), k.tolist(), f.tolist()) for t, k, f in arrays]
         self.features.push_terminal_risk(np.array([t for _, t in keys]), latest, values,
                                          arrays)
+
+    def caught_up(self, partition: int, table: dict[int, bytes]) -> None:
+        """Every label of ``partition`` in Kafka is applied (and was pushed to Feast): its
+        watermark is the latest known time in its terminals' state.
+
+        The watermark is reset when the worker starts (a replay can move Feast back for a
+        while); a partition with nothing to replay, or with no new label, would otherwise
+        never be marked again and a strict scorer would wait for ever.
+        """
+        assert self.watermark is not None
+        if not table:
+            return
+        known = np.frombuffer(b"".join(table.values()), dtype=TERMINAL_DTYPE)["known_at"]
+        if len(known):
+            latest = float(known.max())
+            self.watermark.advance(partition, latest)
+            self.metrics.label_watermark.labels(str(partition)).set(latest)
+            log.info("labels partition %d caught up; watermark %.0f", partition, latest)
 
     def cut(self) -> None:
         """Nothing is kept for a checkpoint besides the changelog."""

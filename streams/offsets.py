@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 Committed = Callable[[list[int]], Awaitable[Mapping[int, int | None]]]
 Fill = Callable[[int, int, int], Awaitable[RecordBatch]]
 Commit = Callable[[Mapping[int, int]], Awaitable[bool]]
+Ends = Callable[[list[int]], Awaitable[Mapping[int, int]]]
 
 
 class SourceOffsets:
@@ -62,11 +63,15 @@ class SourceOffsets:
     commit
         Commits ``{partition: next offset}`` for the group; ``False`` when the partitions
         are no longer assigned.
+    ends
+        The end offsets (the next offset to be written) of some partitions, where known.
     """
 
-    def __init__(self, topic: str, committed: Committed, fill: Fill, commit: Commit) -> None:
+    def __init__(self, topic: str, committed: Committed, fill: Fill, commit: Commit,
+                 ends: Ends | None = None) -> None:
         self.topic = topic
         self._committed, self._fill, self._commit = committed, fill, commit
+        self.ends = ends
         self.next: dict[int, int | None] = {}
         self.lock = asyncio.Lock()
         self.redelivered = 0
@@ -134,6 +139,14 @@ class SourceOffsets:
             log.info("committed %s", {f"{self.topic}:{p}": o for p, o in offsets.items()})
         else:
             log.warning("%s commit of %s refused (partitions reassigned)", self.topic, offsets)
+
+    async def positions(self, partitions: list[int]) -> dict[int, int | None]:
+        """The next offset to handle of each partition: where this worker stands, else the
+        group's committed offset."""
+        unknown = [p for p in partitions if self.next.get(p) is None]
+        committed = await self._committed(unknown) if unknown else {}
+        return {p: self.next[p] if self.next.get(p) is not None else committed.get(p)
+                for p in partitions}
 
     def rewind(self, partitions: Iterable[int]) -> None:
         """Forget where ``partitions`` stand: the next batch reads the committed offset."""

@@ -188,3 +188,30 @@ def test_a_failed_checkpoint_commits_nothing_and_hands_its_batches_back() -> Non
     asyncio.run(scenario())
     assert "fill 0:0-3" in world.steps  # the batch not committed is handled again
     assert world.committed[0] == 6
+
+
+def test_a_partition_with_nothing_to_handle_is_reported_caught_up_once() -> None:
+    world = World()
+    world.committed = {0: 5, 1: 0}
+    seen: list[tuple[int, dict[int, bytes]]] = []
+
+    async def ends(partitions: list[int]) -> Mapping[int, int]:
+        return {0: 5, 1: 3}
+
+    async def scenario() -> None:
+        loop = loop_of(world)
+        loop.offsets.ends = ends
+        world.caught_up = lambda p, table: seen.append((p, dict(table)))  # type: ignore[attr-defined]
+        state.partitions = {1: {}}  # partition 0 is restored from the changelog first
+        state.restore = lambda partitions: state.partitions.update(  # type: ignore[method-assign]
+            {p: {9: b"restored"} for p in partitions})
+        for _ in range(2):
+            loop._caught_up_checked = 0.0
+            assert loop._waiting_to_catch_up()
+            await loop._mark_caught_up()
+        assert loop._caught_up == {0}
+        await loop._handle(records(1, range(0, 3)))  # partition 1's batch marks it
+        assert loop._caught_up == {0, 1} and not loop._waiting_to_catch_up()
+
+    asyncio.run(scenario())
+    assert seen == [(0, {9: b"restored"})]

@@ -36,6 +36,15 @@ def simulated() -> pd.DataFrame:
     return add_model_features(simulate(n_customers=400, n_terminals=800, nb_days=DAYS))
 
 
+@pytest.fixture(scope="module")
+def simulated_backlog() -> pd.DataFrame:
+    """60 simulated days of 400 cards and 800 terminals (about 46,000 transactions): a
+    backlog that takes the workers seconds at their maximum rate. With every label in
+    Kafka from the start, the labels worker runs up to 67 days ahead of the scorer; the
+    terminal state keeps 88 days of labels, so none the scorer needs has expired."""
+    return add_model_features(simulate(n_customers=400, n_terminals=800, nb_days=60))
+
+
 def shifted(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
     """The same data under ids no other test uses (Feast state is shared by the session)."""
     frame = frame.copy()
@@ -45,8 +54,9 @@ def shifted(frame: pd.DataFrame, offset: int) -> pd.DataFrame:
 
 
 def start_pair(worker_factory: Callable[..., object], log_dir: Path, app_id: str,
-               log_level: str = "warn") -> tuple[object, object]:
-    logging = ["--log-level", log_level]
+               log_level: str = "warn", extra: list[str] | None = None
+               ) -> tuple[object, object]:
+    logging = ["--log-level", log_level, *(extra or [])]
     labels = worker_factory(role="labels", app_id=f"{app_id}-labels",
                             extra_args=["--batch-wait", "0.5", "--batch-max", "4096", *logging])
     scorer = worker_factory(role="score", mode="strict", app_id=app_id,
@@ -210,11 +220,12 @@ def assert_point_in_time_training_set(live_stack, logged: pd.DataFrame,  # noqa:
 @pytest.mark.parametrize("pace", ["paced", "max-rate"])
 def test_parity_holds_across_a_kill_9_of_both_workers(
     live_stack, worker_factory: Callable[..., object], simulated: pd.DataFrame,  # noqa: ANN001
-    tmp_path: Path, pace: str,
+    simulated_backlog: pd.DataFrame, tmp_path: Path, pace: str,
 ) -> None:
     """Both workers killed with kill -9 mid-stream: while events arrive at a steady pace,
     or while they work through a backlog at their maximum rate."""
-    frame = shifted(simulated, 60_000_000 if pace == "paced" else 70_000_000)
+    frame = (shifted(simulated, 60_000_000) if pace == "paced"
+             else shifted(simulated_backlog, 70_000_000))
     log_dir = tmp_path / "log"
     app_id = f"restart-{uuid.uuid4().hex[:8]}"
     start = topic_end_offsets(live_stack.endpoints.kafka, live_stack.settings, SCORES)
@@ -233,14 +244,26 @@ def test_parity_holds_across_a_kill_9_of_both_workers(
             pin_new_group(live_stack.endpoints.kafka, live_stack.settings, group, topic)
         producer.start()
         producer.join()
-    labels, scorer = start_pair(worker_factory, log_dir, app_id, log_level="info")
+    # Checkpoints every 0.2 s: at the maximum rate the kill must find committed progress
+    # on every partition and a backlog still to score.
+    labels, scorer = start_pair(worker_factory, log_dir, app_id, log_level="info",
+                                extra=["--commit-interval", "0.2"] if pace != "paced" else [])
     if pace == "paced":
         producer.start()
-    wait_for_scores(live_stack, start, wanted, until_fraction=0.3)
-    # Kill only once both groups committed progress on every partition, so that the
-    # restart resumes from commits (not from the reset policy) and repeats what came after.
-    wait_for_commits(live_stack, app_id, TRANSACTIONS, tx_start)
-    wait_for_commits(live_stack, f"{app_id}-labels", LABELS, labels_start)
+    if pace == "paced":
+        wait_for_scores(live_stack, start, wanted, until_fraction=0.3)
+        # Kill only once both groups committed progress on every partition, so that the
+        # restart resumes from commits (not from the reset policy) and repeats what came
+        # after.
+        wait_for_commits(live_stack, app_id, TRANSACTIONS, tx_start)
+        wait_for_commits(live_stack, f"{app_id}-labels", LABELS, labels_start)
+    else:
+        # The backlog goes by in seconds: kill once a fifth of it is scored, by the
+        # worker's own count (the groups' offsets were pinned before the backlog).
+        deadline = time.monotonic() + 120
+        while scorer.metrics().get("factory_events_scored_total", 0.0) < 0.2 * len(wanted):
+            assert time.monotonic() < deadline, "the scorer never reached a fifth"
+            time.sleep(0.02)
     for worker in (scorer, labels):
         worker.stop(kill=True)  # kill -9: no clean shutdown, no final commit
     scored_at_kill = scored_ids(live_stack, start, wanted)
