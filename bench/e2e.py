@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = (profile_report(sampler.stop(), backlog_wall, sampler.rate)
                    if sampler is not None else None)
         if profile is not None and "stacks_file" in profile:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(work / "profile.txt", args.output.with_suffix(".profile.txt"))
             profile["stacks_file"] = args.output.with_suffix(".profile.txt").name
         stages_a = stage_seconds(workers)

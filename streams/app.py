@@ -121,6 +121,7 @@ class FactoryApp(faust.App):
         self.batch_loops: list[BatchLoop] = []
         self.pipelines: list[ScoringPipeline | LabelPipeline] = []
         self.metrics: WorkerMetrics | None = None
+        self.fetch_linger_s = 0.003
 
     async def on_stop(self) -> None:
         """A clean stop checkpoints what was handled (the batch in hand finishes first),
@@ -155,6 +156,7 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> Fa
         datadir=str(settings.state_dir / "faust" / config.app_id),
     )
     app.metrics = metrics
+    app.fetch_linger_s = min(0.05, max(0.001, config.batch_wait_s / 2))
     client_config = settings.kafka.client_config(config.kafka)
     emitter = Emitter(config.kafka, settings, metrics)
 
