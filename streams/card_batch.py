@@ -17,6 +17,8 @@ import itertools
 import numpy as np
 
 from streams.features import _CARD_OFFSETS, CARD_DTYPE, _find_id, update_card_history
+from streams.ragged import segment_of as _segment_of
+from streams.ragged import segments as _segments
 
 _RECORD = CARD_DTYPE.itemsize
 # Columns of _CARD_OFFSETS: the three spending windows, the 90-day mean (also the
@@ -39,18 +41,6 @@ _PAIRS = 1 << 16
 # Steps of the running extremes of a state whose times go back (how many entries one late
 # entry may lie behind); a state that needs more goes to the scalar function.
 _SETTLE_STEPS = 64
-
-
-def _segments(lengths: np.ndarray) -> np.ndarray:
-    """Start offsets of consecutive segments of ``lengths``, and the total at the end."""
-    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    return starts
-
-
-def _segment_of(starts: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Index of the (non-empty) segment holding each position (``starts``: :func:`_segments`)."""
-    return np.searchsorted(starts, positions, side="right") - 1
 
 
 def _first_above(values: np.ndarray, lo: np.ndarray, hi: np.ndarray,

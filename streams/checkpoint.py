@@ -136,12 +136,7 @@ class BatchLoop:
         if self._in_flight is not None:
             await asyncio.gather(self._in_flight, return_exceptions=True)
             self._in_flight = None
-        every = sorted(set(self.state.partitions) | set(self.offsets.next)
-                       | set(self.pending))
-        self.state.discard_staged(every)
-        self.offsets.rewind(every)
-        self.pipeline.discard()
-        self.pending, self.pending_records = {}, 0
+        self._reset_now()
 
     def _failed_checkpoint(self) -> bool:
         """Whether the checkpoint in flight failed; the loop is reset for it (the batches
@@ -188,6 +183,7 @@ class BatchLoop:
             self._caught_up.add(p)
 
     def _reset_now(self) -> None:
+        """Forget everything not checkpointed (no checkpoint in flight)."""
         every = sorted(set(self.state.partitions) | set(self.offsets.next)
                        | set(self.pending))
         self.state.discard_staged(every)

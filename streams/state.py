@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,19 @@ def ensure_changelog(client_config: dict[str, Any], topic: str, partitions: int)
     """Create the compacted changelog topic when missing; an existing one must have
     ``partitions`` partitions."""
     admin = AdminClient({**client_config, "log_level": 0})
-    found = admin.list_topics(topic, timeout=10).topics.get(topic)
+    # The metadata of every topic: asking for this one alone would let a broker that
+    # creates topics on first use create it, with its defaults and without compaction.
+    found = admin.list_topics(timeout=10).topics.get(topic)
     if found is not None and found.error is None and found.partitions:
         if len(found.partitions) != partitions:
             raise RuntimeError(f"changelog {topic!r} has {len(found.partitions)} partitions; "
                                f"the source topic has {partitions}")
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        config = admin.describe_configs([resource])[resource].result(timeout=10)
+        policy = config["cleanup.policy"].value if "cleanup.policy" in config else ""
+        if "compact" not in policy:
+            raise RuntimeError(f"changelog {topic!r} is not compacted (cleanup.policy="
+                               f"{policy}); delete it or set cleanup.policy=compact")
         return
     config = {"cleanup.policy": "compact", "segment.ms": "60000",
               "min.cleanable.dirty.ratio": "0.1", "compression.type": "producer"}

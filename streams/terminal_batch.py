@@ -43,6 +43,8 @@ from streams.features import (
     terminal_window_features,
     update_terminal_history,
 )
+from streams.ragged import segment_of as _segment_of
+from streams.ragged import segments as _segments
 
 # Offsets from the terminal windows' end: the end itself, then each window's start (as in
 # streams.features).
@@ -124,18 +126,6 @@ def _search_records(times: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.n
         return (time < qtime) | ((time == qtime) & (ids[rows] < qid))
 
     return _first_not(lo, hi, before)
-
-
-def _segments(lengths: np.ndarray) -> np.ndarray:
-    """Start offsets of consecutive segments of ``lengths``, and the total at the end."""
-    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
-    return starts
-
-
-def _segment_of(starts: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Index of the segment holding each position (``starts`` from :func:`_segments`)."""
-    return np.searchsorted(starts, positions, side="right") - 1
 
 
 def terminal_features_batch(arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray]],

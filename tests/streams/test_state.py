@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.state import ChangelogState, changelog_topic, ensure_changelog
 
@@ -47,6 +48,11 @@ def test_a_restore_reads_the_latest_value_of_every_key_of_its_partitions(live_st
     ensure_changelog(config, topic, 3)  # twice is harmless
     with pytest.raises(RuntimeError, match="partitions"):
         ensure_changelog(config, topic, 4)
+    plain = changelog_topic(f"state-{uuid.uuid4().hex[:8]}", "card-state")
+    admin = AdminClient(config)
+    admin.create_topics([NewTopic(plain, 3, 1)])[plain].result(timeout=30)
+    with pytest.raises(RuntimeError, match="not compacted"):
+        ensure_changelog(config, plain, 3)
     writer = ChangelogState(topic, config)
     for p in range(3):
         writer.partitions[p] = {}
