@@ -1,6 +1,6 @@
 """Benchmark: end-to-end scored events/s and latency of the live factory.
 
-    python -m bench.e2e [--events N] [--seconds S] [--rate R] [--quick]
+    python -m bench.e2e [--events N] [--seconds S] [--warmup S] [--rate R] [--quick]
 
 Starts its own Kafka, Redis and Triton (free ports, a temporary state folder), trains
 and publishes a model as the main job does (:func:`streams.job.ensure_first_model`, the
@@ -14,8 +14,10 @@ once, never waits for labels):
    the workers start; the rate is distinct scores per second from the first to the last
    score on ``scores`` (the score records' Kafka timestamps);
 2. **latency**: then transactions are produced at a steady ``--rate`` (default half the
-   measured maximum), evenly spaced, for ``--seconds``; each one's latency is the Kafka
-   timestamp of its score minus the Kafka timestamp of the transaction (both CreateTime,
+   measured maximum), evenly spaced, for ``--warmup`` seconds not measured (a fresh
+   broker's JIT and the workers' first batches), then for ``--seconds``; each one's
+   latency is the Kafka timestamp of its score minus the Kafka timestamp of the
+   transaction (both CreateTime,
    set when the message is produced: transaction by this benchmark, score by the worker,
    so it includes the producer's linger, the broker, the worker's batching and the
    whole scoring stage), and separately the score record's own ``latency_ms`` (the
@@ -269,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="duration of the steady-rate latency phase")
     parser.add_argument("--rate", type=float, default=None,
                         help="events/s of the latency phase (default: half the max rate)")
+    parser.add_argument("--batch-wait", type=float, default=None,
+                        help="the scoring worker's --batch-wait (default: its own)")
+    parser.add_argument("--warmup", type=float, default=15.0,
+                        help="seconds at each latency phase's rate before it is measured")
     parser.add_argument("--steady-rate", type=float, default=1000.0,
                         help="events/s of a second latency phase (0: none)")
     parser.add_argument("--quick", action="store_true",
@@ -281,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.seconds = min(args.events, 5_000), min(args.seconds, 15.0)
+        args.warmup = min(args.warmup, 2.0)
 
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     repo = model_repository(work / "triton_repo")
@@ -321,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                           labels_group="bench-e2e-labels",
                           feature_log=str(work / "feature_log"),
                           log_path=str(work / "score-worker.log"),
+                          extra_args=(["--batch-wait", str(args.batch_wait)]
+                                      if args.batch_wait is not None else []),
                           metrics_port=free_port(), **common),
         ]
         scorer = workers[1]
@@ -362,6 +371,14 @@ def main(argv: list[str] | None = None) -> int:
         def latency_phase(rate: float, seconds: float, source: str) -> dict[str, Any]:
             """Transactions at a steady ``rate`` for ``seconds``: latency, stages, CPU."""
             assert feed is not None
+            if args.warmup > 0:
+                # The same rate, not measured: a freshly started broker's JIT compiles
+                # its small-request paths in the first tens of seconds (the broker's CPU
+                # at 1,000 messages/s fell to a third after them), as do the workers'.
+                warm = min(int(rate * args.warmup), len(dataset) - feed.next_row)
+                log(f"warm-up: {warm:,} transactions at {rate:,.0f}/s, not measured")
+                feed.paced(feed.next_row + warm, rate)
+                wait_scored(workers, scorer, feed.next_row, timeout_s=600, logs=work)
             done = feed.next_row
             rows = min(int(rate * seconds), len(dataset) - done)
             start_tx = topic_end_offsets(endpoints.kafka, settings, TRANSACTIONS)

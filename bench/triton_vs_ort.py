@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import ctypes
 import dataclasses
+import re
 import sys
 import tempfile
 import time
@@ -348,12 +349,22 @@ def print_table(report: dict[str, Any], output: Path) -> None:
           f"{info['load_average_1m']}); results in {output} and {output.with_suffix('.png')}")
 
 
-def start_triton(work: Path, config: ModelConfig, kind: ModelKind) -> tuple[Stack, Target]:
-    """Publish a model into a repository copy and start a Triton over it on free ports."""
+def start_triton(work: Path, config: ModelConfig, kind: ModelKind,
+                 queue_delay_us: int | None = None) -> tuple[Stack, Target]:
+    """Publish a model into a repository copy and start a Triton over it on free ports;
+    with ``queue_delay_us``, the copy's dynamic batcher waits that long for a fuller batch."""
     from streams.job import load_model
 
     repo = work / "triton_repo"
     version_dir, model = publish_model(repo, config.n_features, kind)
+    if queue_delay_us is not None:
+        path = repo / MODEL_NAME / "config.pbtxt"
+        text, found = re.subn(r"max_queue_delay_microseconds:\s*\d+",
+                              f"max_queue_delay_microseconds: {queue_delay_us}",
+                              path.read_text())
+        if not found:
+            raise SystemExit(f"--queue-delay-us: no dynamic batcher delay in {path}")
+        path.write_text(text)
     settings = isolated_settings(
         work / "state",
         ("triton_http_port", "triton_grpc_port", "triton_metrics_port", "prometheus_port"),
@@ -413,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --triton-url: the repository that holds its model.onnx")
     parser.add_argument("--quick", action="store_true",
                         help="a tiny run: batches 1 and 1024, 0.5 s a point")
+    parser.add_argument("--queue-delay-us", type=int, default=None,
+                        help="the started Triton's dynamic batcher delay (default: the "
+                             "repository's config.pbtxt); not with --triton-url")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -428,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-triton-") as work:
         try:
             if url is None:
-                stack, target = start_triton(Path(work), config, args.model)
+                stack, target = start_triton(Path(work), config, args.model,
+                                             args.queue_delay_us)
             else:
                 target = external_target(url, args.version, args.repo)
             onnx_bytes = target.onnx.stat().st_size
@@ -445,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         "triton_server_version": measured["server_version"],
         "settings": {"batches": batches, "seconds": args.seconds, "warmup_s": args.warmup,
                      "concurrency": args.concurrency, "model_version": target.version,
+                     "dynamic_batching_max_queue_delay_us": (
+                         args.queue_delay_us if args.queue_delay_us is not None
+                         else "as in the repository's config.pbtxt"),
                      "n_features": config.n_features, "max_batch_size": config.max_batch_size,
                      "onnxruntime_intra_op_threads": args.ort_threads or "default",
                      "triton_onnxruntime_intra_op_threads": "default"},

@@ -17,16 +17,17 @@ from streams.topics import TRANSACTIONS_DLQ
 class Emitter:
     """An idempotent confluent-kafka producer shared by a worker's pipelines.
 
-    ``linger.ms`` 5 lets a batch's records leave in a few large requests without holding
-    a score back more than 5 ms; lz4 makes the state changelog records (a card's whole
-    window) cheap for the broker.
+    A micro-batch's records are queued in one call, so ``linger.ms`` 1 is enough for them
+    to leave in a few large requests, and holds a score back 1 ms at most (5 ms cost
+    4 ms of every event's latency at 1,000 events/s); lz4 makes the state changelog
+    records (a card's whole window) cheap for the broker.
     """
 
     def __init__(self, kafka: str, settings: Settings, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
         self.producer = Producer({
             **settings.kafka.client_config(kafka),
-            "linger.ms": 5,
+            "linger.ms": 1,
             "enable.idempotence": True,
             "compression.type": "lz4",
             "message.max.bytes": 2 * 1024 * 1024,

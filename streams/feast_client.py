@@ -79,6 +79,7 @@ class OnlineFeatures:
         self.integers = {p.name: {f.name for f in p.features if f.dtype == Int64}
                          for p in feature_service.feature_view_projections}
         self.order = model_feature_order(store, service)
+        self._redis = None
 
     def push_card_activity(self, card_ids: np.ndarray, event_times: np.ndarray,
                            values: np.ndarray) -> None:
@@ -109,6 +110,15 @@ class OnlineFeatures:
         frame["label_frauds"] = [list(map(int, a[2])) for a in arrays]
         frame["event_timestamp"] = pd.to_datetime(event_times, unit="s", utc=True)
         self.store.push("terminal_risk_push", frame, to=PushMode.ONLINE)
+        # The change tokens that tell the fast path's scorers to read these arrays again.
+        from streams.feast_fast import redis_client
+        from streams.label_versions import mark_changed, versions_key
+
+        if self._redis is None:
+            self._redis = redis_client(self.store)
+        if len(terminal_ids):
+            self._redis.execute_command(*mark_changed(
+                versions_key(self.store.project, TERMINAL_VIEW), terminal_ids))
 
     def read_terminal_labels(self, terminal_ids: np.ndarray
                              ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -33,6 +33,7 @@ import numpy as np
 import redis
 
 from streams.feast_client import CARD_VIEW, TERMINAL_VIEW, model_feature_order
+from streams.label_versions import mark_changed, versions_key
 
 SERIALIZATION_VERSION = 3
 LABEL_FIELDS = ("label_event_times", "label_known_at", "label_frauds")
@@ -80,6 +81,26 @@ return 1
 # Feast counts a stored time at or before the epoch as no time at all (a 10-byte varint
 # is a negative int64), which the script copies; pushes of such times are refused below.
 _CHECK_AND_SET_SHA = hashlib.sha1(_CHECK_AND_SET.encode()).hexdigest()
+
+# KEYS: the change-token hash, then each terminal's key; ARGV: the three label fields, then
+# each terminal's id and the token its cached arrays were read under ("" for none). A
+# terminal whose token is unchanged gets {token}; any other gets {token, arrays...}.
+_READ_CHANGED = """
+local out = {}
+for j = 1, #KEYS - 1 do
+  local token = redis.call('HGET', KEYS[1], ARGV[2 + 2 * j])
+  if token and token == ARGV[3 + 2 * j] then
+    out[j] = {token}
+  else
+    local values = redis.call('HMGET', KEYS[j + 1], ARGV[1], ARGV[2], ARGV[3])
+    out[j] = {token or false, values[1], values[2], values[3]}
+  end
+end
+return out
+"""
+_READ_CHANGED_SHA = hashlib.sha1(_READ_CHANGED.encode()).hexdigest()
+LABEL_CACHE_MAX = 100_000
+"""Terminals whose label arrays a scorer keeps at most (cleared when passed)."""
 
 
 def _varint(value: int) -> bytes:
@@ -311,6 +332,11 @@ class FastOnlineFeatures:
         self.dedup = not store.config.online_store.skip_dedup
         self.key_ttl = int(store.config.online_store.key_ttl_seconds or 0)
         self.redis = redis_client(store)
+        self.label_versions = versions_key(store.project, TERMINAL_VIEW)
+        # Label arrays by terminal with their change token; not kept when Feast's keys
+        # expire (an expired key leaves its token behind).
+        self.cache_labels = self.key_ttl == 0
+        self._labels: dict[int, tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
     def close(self) -> None:
         """Release the Redis connections."""
@@ -327,7 +353,9 @@ class FastOnlineFeatures:
                            ) -> None:
         """Push one row per terminal: its window values and the label arrays behind them."""
         arrays = arrays if arrays is not None else [([], [], [])] * len(terminal_ids)
-        self._push(TERMINAL_VIEW, terminal_ids, event_times, values, arrays)
+        self._push(TERMINAL_VIEW, terminal_ids, event_times, values, arrays,
+                   [mark_changed(self.label_versions, terminal_ids)] if len(terminal_ids)
+                   else [])
 
     def read_terminal_labels(self, terminal_ids: np.ndarray
                              ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -384,8 +412,80 @@ class FastOnlineFeatures:
                 pool.release(connection)
         raise AssertionError("unreachable")
 
+    def serves(self, client: redis.Redis) -> bool:
+        """Whether ``client`` talks to this store's Redis (same host, port and database),
+        so commands for both can share one round trip."""
+        mine, theirs = (c.connection_pool.connection_kwargs for c in (self.redis, client))
+        return all(mine.get(k) == theirs.get(k) for k in ("host", "port", "db", "path"))
+
+    def scoring_round_trip(self, commands: list[tuple[Any, ...]], card_ids: np.ndarray,
+                           event_times: np.ndarray, values: np.ndarray,
+                           terminal_ids: np.ndarray
+                           ) -> tuple[list[Any], dict[int, tuple[np.ndarray, np.ndarray,
+                                                                 np.ndarray]]]:
+        """What a scoring batch needs from Redis, in one round trip: ``commands`` (the
+        caller's reads on the same server; their raw replies are returned), the push of the
+        card view (one row a card) and the label arrays of ``terminal_ids``."""
+        layout = self.layouts[TERMINAL_VIEW]
+        unique = np.unique(np.asarray(terminal_ids, dtype=np.int64))
+        fields = [layout.fields[n] for n in LABEL_FIELDS]
+        ids = unique.tolist()
+        if self.cache_labels:
+            # Only the terminals whose arrays changed since this scorer read them.
+            cache = self._labels
+            if len(cache) > LABEL_CACHE_MAX:
+                cache.clear()
+            args: list[Any] = []
+            for terminal in ids:
+                kept = cache.get(terminal)
+                args += (str(terminal), kept[0] if kept is not None else b"")
+            reads = [(b"EVALSHA", _READ_CHANGED_SHA, 1 + len(ids), self.label_versions,
+                      *layout.keys(unique), *fields, *args)] if ids else []
+        else:
+            reads = [(b"HMGET", key, *fields) for key in layout.keys(unique)]
+        push = self._write_commands(self.layouts[CARD_VIEW],
+                                    self._push_rows(CARD_VIEW, card_ids, event_times, values,
+                                                    None))
+        replies = self._scripted_round_trip([*commands, *reads, *push])
+        found = replies[len(commands):len(commands) + len(reads)]
+        if self.cache_labels:
+            return replies[:len(commands)], self._cached_labels(ids, found[0] if ids else [])
+        return replies[:len(commands)], {
+            terminal: (decode_array(times, np.float64), decode_array(known, np.float64),
+                       decode_array(frauds, np.int64))
+            for terminal, (times, known, frauds) in zip(ids, found, strict=True)}
+
+    def _cached_labels(self, ids: list[int], replies: list[list[Any]]
+                       ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        cache = self._labels
+        labels = {}
+        for terminal, reply in zip(ids, replies, strict=True):
+            if len(reply) == 1:
+                labels[terminal] = cache[terminal][1]
+                continue
+            token, times, known, frauds = reply
+            arrays = (decode_array(times, np.float64), decode_array(known, np.float64),
+                      decode_array(frauds, np.int64))
+            for array in arrays:
+                array.flags.writeable = False  # shared by every batch that reads it
+            labels[terminal] = arrays
+            if token is not None:
+                cache[terminal] = (token, arrays)
+            else:
+                cache.pop(terminal, None)
+        return labels
+
     def _push(self, view: str, ids: np.ndarray, event_times: np.ndarray, values: np.ndarray,
-              arrays: list[tuple[Any, Any, Any]] | None) -> None:
+              arrays: list[tuple[Any, Any, Any]] | None,
+              after: list[tuple[Any, ...]] = ()) -> None:
+        layout = self.layouts[view]
+        self._scripted_round_trip(
+            [*self._write_commands(layout, self._push_rows(view, ids, event_times, values,
+                                                           arrays)), *after])
+
+    def _push_rows(self, view: str, ids: np.ndarray, event_times: np.ndarray,
+                   values: np.ndarray, arrays: list[tuple[Any, Any, Any]] | None
+                   ) -> list[tuple[bytes, tuple[int, int], list[bytes]]]:
         layout = self.layouts[view]
         names = self.views[view]
         table = np.asarray(values, dtype=np.float64).reshape(len(ids), len(names))
@@ -403,14 +503,14 @@ class FastOnlineFeatures:
                 kind = layout.kinds[name]
                 columns.append([encode_value(kind, row[j]) for row in arrays])
                 fields.append(layout.fields[name])
-        rows = [(key, stamp, [item for pair in zip(fields, encoded, strict=True)
+        return [(key, stamp, [item for pair in zip(fields, encoded, strict=True)
                               for item in pair])
                 for key, stamp, *encoded in zip(layout.keys(ids), event_timestamps(event_times),
                                                 *columns, strict=True)]
-        self._write(layout, rows)
 
-    def _write(self, layout: ViewLayout,
-               rows: list[tuple[bytes, tuple[int, int], list[bytes]]]) -> None:
+    def _write_commands(self, layout: ViewLayout,
+                        rows: list[tuple[bytes, tuple[int, int], list[bytes]]]
+                        ) -> list[tuple[Any, ...]]:
         commands: list[tuple[Any, ...]] = []
         for key, (seconds, nanos), pairs in rows:
             stamp = timestamp_bytes(seconds, nanos)
@@ -421,10 +521,15 @@ class FastOnlineFeatures:
                 commands.append((b"HSET", key, layout.ts_field, stamp, *pairs))
                 if self.key_ttl:
                     commands.append((b"EXPIRE", key, self.key_ttl))
+        return commands
+
+    def _scripted_round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         try:
-            self._round_trip(commands)
+            return self._round_trip(commands)
         except redis.exceptions.NoScriptError:
             # A restarted or flushed Redis forgets scripts; each row is a check-and-set,
-            # so sending the batch again is safe.
+            # and every other command here a read or a new change token, so sending them
+            # again is safe.
             self.redis.script_load(_CHECK_AND_SET)
-            self._round_trip(commands)
+            self.redis.script_load(_READ_CHANGED)
+            return self._round_trip(commands)

@@ -68,6 +68,7 @@ class ScoringPipeline:
         self._version_checked = 0.0
         self._acked = -1
         self._acked_at = 0.0
+        self._one_round_trip = False
 
     async def start(self) -> None:
         store = await asyncio.to_thread(open_store, self.config.redis_url)
@@ -86,6 +87,8 @@ class ScoringPipeline:
                                         self.config.settings.partitions)
         self.feature_log = FeatureLog(self.config.log_dir, self.features.order)
         self.router = ModelRouter(self.config.redis_url)
+        serves = getattr(self.features, "serves", None)
+        self._one_round_trip = serves is not None and serves(self.router.client)
         await self.refresh_version(force=True)
         self.started.set()
 
@@ -219,16 +222,18 @@ class ScoringPipeline:
         route, marks = pipe.execute()
         return self.router.parse_route(route), self.watermark.parse(marks)
 
-    async def _wait_for_labels(self, latest_event_time: float, mark: float | None) -> None:
+    async def _wait_for_labels(self, latest_event_time: float, mark: float | None) -> bool:
         """Strict mode: wait until every label known by the batch's last event is applied;
-        live mode: export how far the labels are behind."""
+        live mode: export how far the labels are behind. Whether it waited."""
         assert self.watermark is not None
+        waited = False
         while True:
             lag = latest_event_time - mark if mark is not None else float("inf")
             self.metrics.label_staleness.set(max(0.0, lag) if mark is not None else -1)
             if self.config.mode == "live" or (mark is not None and mark > latest_event_time):
-                return
+                return waited
             await asyncio.sleep(0.02)
+            waited = True
             mark = self.watermark.current()
 
     async def _score(self, batch: RecordBatch, rows: np.ndarray,
@@ -244,15 +249,30 @@ class ScoringPipeline:
         card_ids = columns["card_id"]
         _, last = np.unique(card_ids[::-1], return_index=True)
         last = len(card_ids) - 1 - last
-        push = asyncio.create_task(asyncio.to_thread(
-            self.features.push_card_activity, card_ids[last], times[last], card_features[last]
-        ))
         clock = time.perf_counter()
-        route, mark = self._route_and_label_mark()
-        await self._wait_for_labels(float(times.max()), mark)
-        clock = self.metrics.stage("wait_for_labels", clock)
-        labels = self.features.read_terminal_labels(columns["terminal_id"])
-        clock = self.metrics.stage("read_terminal_labels", clock)
+        push = None
+        if self._one_round_trip:
+            # The card push, the route, the label watermark and the terminals' label
+            # arrays: one Redis round trip a batch.
+            (route_raw, marks), labels = self.features.scoring_round_trip(
+                [(b"HMGET", self.router.key, *ROUTE_FIELDS),
+                 (b"HGETALL", self.watermark.key)],
+                card_ids[last], times[last], card_features[last], columns["terminal_id"])
+            route = self.router.parse_route(route_raw)
+            mark = self.watermark.parse(dict(zip(marks[::2], marks[1::2], strict=True)))
+            clock = self.metrics.stage("redis_round_trip", clock)
+            if await self._wait_for_labels(float(times.max()), mark):
+                labels = self.features.read_terminal_labels(columns["terminal_id"])
+            clock = self.metrics.stage("wait_for_labels", clock)
+        else:
+            push = asyncio.create_task(asyncio.to_thread(
+                self.features.push_card_activity, card_ids[last], times[last],
+                card_features[last]))
+            route, mark = self._route_and_label_mark()
+            await self._wait_for_labels(float(times.max()), mark)
+            clock = self.metrics.stage("wait_for_labels", clock)
+            labels = self.features.read_terminal_labels(columns["terminal_id"])
+            clock = self.metrics.stage("read_terminal_labels", clock)
         if len(times) < SMALL_BATCH:
             terminal = np.array([
                 terminal_window_features(*labels[t], float(at)) for t, at in
@@ -293,8 +313,9 @@ class ScoringPipeline:
         if shadow:
             self.metrics.shadow_scored.inc(len(rows))
         clock = self.metrics.stage("produce_scores", clock)
-        await push
-        self.metrics.stage("await_feast_push", clock)
+        if push is not None:
+            await push
+            self.metrics.stage("await_feast_push", clock)
         self.metrics.scored.inc(len(rows))
 
     def cut(self) -> list[Any]:

@@ -281,6 +281,83 @@ def test_pushes_survive_a_flushed_script_cache(live_stack: Any) -> None:
 
 
 @pytest.mark.integration
+def test_scoring_round_trip_pushes_cards_and_reads_labels_and_commands(
+        live_stack: Any, store: Any, sdk: OnlineFeatures) -> None:
+    """The scoring batch's single round trip: after a flushed script cache too, the card
+    push reads back through Feast, the label arrays equal Feast's, and the caller's own
+    commands on the same Redis get their replies."""
+    fast = FastOnlineFeatures(store)
+    client = redis.Redis.from_url(live_stack.endpoints.redis)
+    assert fast.serves(client)
+    assert not fast.serves(redis.Redis(host="127.0.0.1", port=1, db=0))
+    rng = np.random.default_rng(7)
+    terminals = BASE + 960_000 + np.arange(6) * 13
+    arrays = random_arrays(rng, len(terminals))
+    fast.push_terminal_risk(terminals, random_times(rng, len(terminals)),
+                            random_values(rng, fast, TERMINAL_VIEW, len(terminals)), arrays)
+    client.hset("test:scoring-round-trip", mapping={"a": "1", "b": "2"})
+    fast.redis.script_flush()
+    cards = BASE + 970_000 + np.arange(5)
+    values = random_values(rng, fast, CARD_VIEW, len(cards))
+    lookup = np.concatenate([terminals[::-1], terminals[:2], [BASE + 980_000]])
+    replies, labels = fast.scoring_round_trip(
+        [(b"HMGET", "test:scoring-round-trip", "b", "c"),
+         (b"HGETALL", "test:scoring-round-trip")],
+        cards, random_times(rng, len(cards)), values, lookup)
+    assert replies[0] == [b"2", None]
+    assert dict(zip(replies[1][::2], replies[1][1::2], strict=True)) == {b"a": b"1", b"b": b"2"}
+    assert_labels_equal(labels, sdk.read_terminal_labels(lookup))
+    assert len(labels) == len(terminals) + 1
+    np.testing.assert_array_equal(sdk.read(CARD_VIEW, "card_id", cards),
+                                  expected_rows(fast, CARD_VIEW, values))
+    client.delete("test:scoring-round-trip")
+    client.close()
+    fast.close()
+
+
+@pytest.mark.integration
+def test_scoring_reads_label_arrays_again_only_when_a_push_changed_them(
+        live_stack: Any, store: Any, sdk: OnlineFeatures) -> None:
+    """The scorer's label cache: every push (fast path or Feast's SDK) is seen by the next
+    read, a lost token hash (a flushed Redis) loses no push, and arrays whose token did not
+    change are not read again (a write behind the tokens' back stays unseen)."""
+    fast = FastOnlineFeatures(store)
+    client = redis.Redis.from_url(live_stack.endpoints.redis)
+    rng = np.random.default_rng(11)
+    terminals = BASE + 990_000 + np.arange(8) * 17
+    cards = np.array([BASE + 995_000])
+    card_values = random_values(rng, fast, CARD_VIEW, 1)
+
+    def push(writer: Any, ids: np.ndarray) -> None:
+        writer.push_terminal_risk(ids, 1.7e9 + rng.uniform(0, 1e6, len(ids)),
+                                  random_values(rng, fast, TERMINAL_VIEW, len(ids)),
+                                  random_arrays(rng, len(ids)))
+
+    def scored() -> dict[int, tuple[np.ndarray, ...]]:
+        _, labels = fast.scoring_round_trip([], cards, np.array([1.7e9]), card_values,
+                                            np.concatenate([terminals, terminals[:3]]))
+        return labels
+
+    push(fast, terminals)
+    assert_labels_equal(scored(), sdk.read_terminal_labels(terminals))
+    push(fast, terminals[:2])
+    push(sdk, terminals[5:7])
+    assert_labels_equal(scored(), sdk.read_terminal_labels(terminals))
+    client.delete(fast.label_versions)
+    push(fast, terminals[3:4])
+    assert_labels_equal(scored(), sdk.read_terminal_labels(terminals))
+
+    before = scored()
+    layout = fast.layouts[TERMINAL_VIEW]
+    field = layout.fields["label_frauds"]
+    key = layout.keys(terminals[3:4])[0]
+    client.hset(key, field, client.hget(layout.keys(terminals[4:5])[0], field) or b"")
+    assert_labels_equal(scored(), before)
+    client.close()
+    fast.close()
+
+
+@pytest.mark.integration
 def test_reads_survive_a_killed_connection(live_stack: Any, fast: FastOnlineFeatures) -> None:
     ids = BASE + 950_000 + np.arange(3)
     before = fast.read(CARD_VIEW, "card_id", ids)
