@@ -10,7 +10,8 @@ ports:
    three runs each);
 2. :mod:`bench.e2e`: end-to-end scored events a second (one labels worker, one scoring
    worker, live mode), then p50 / p99 latency from transaction append to score append
-   at half that rate, with a py-spy profile of the scoring worker at the maximum rate;
+   at half that rate and at 1,000/s, with a py-spy profile of the scoring worker on a
+   second backlog (after the maximum was measured without the sampler);
 3. :mod:`bench.triton_vs_ort`: Triton against in-process ONNX Runtime, rows a second at
    equal batch sizes.
 

@@ -55,8 +55,8 @@ class LabelPipeline:
         self.metrics.labels_in.inc(len(batch))
         if self.consumer is not None:
             self.metrics.observe_lag(self.consumer, batch)
-        if log.isEnabledFor(logging.INFO):
-            log.info("labels batch of %d: %s", len(batch), batch.offset_ranges())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("labels batch of %d: %s", len(batch), batch.offset_ranges())
         clock = time.perf_counter()
         parsed = parse_labels(batch.value)
         for row, error in parsed.errors:

@@ -140,8 +140,8 @@ class ScoringPipeline:
         self.metrics.batch_size.observe(len(batch))
         if self.consumer is not None:
             self.metrics.observe_lag(self.consumer, batch)
-        if log.isEnabledFor(logging.INFO):
-            log.info("score batch of %d: %s", len(batch), batch.offset_ranges())
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("score batch of %d: %s", len(batch), batch.offset_ranges())
         clock = time.perf_counter()
         parsed = parse_transactions(batch.value)
         for row, error in parsed.errors:
