@@ -18,9 +18,9 @@ class Emitter:
     """An idempotent confluent-kafka producer shared by a worker's pipelines.
 
     A micro-batch's records are queued in one call, so ``linger.ms`` 1 is enough for them
-    to leave in a few large requests, and holds a score back 1 ms at most (5 ms cost
-    4 ms of every event's latency at 1,000 events/s); lz4 makes the state changelog
-    records (a card's whole window) cheap for the broker.
+    to leave in a few large requests, and holds a score back from its readers 1 ms at
+    most; lz4 makes the state changelog records (a card's whole window) cheap for the
+    broker.
     """
 
     def __init__(self, kafka: str, settings: Settings, metrics: WorkerMetrics) -> None:
