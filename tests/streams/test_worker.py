@@ -7,6 +7,7 @@ import json
 import random
 from collections.abc import Callable
 
+import jsonschema
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -21,6 +22,7 @@ from streams.features import (
     update_card_history,
 )
 from streams.records import Score, Transaction
+from streams.schemas import load as load_schema
 from streams.topics import SCORES, TRANSACTIONS_DLQ
 
 pytestmark = pytest.mark.integration
@@ -64,6 +66,10 @@ def read_scores(live_stack, start: dict[int, int], wanted: set[int]) -> list[Sco
 
     received = consume(live_stack.endpoints.kafka, live_stack.settings, SCORES, until=done,
                        start=start, timeout_s=120)
+    # Every record a consumer reads follows the published contract.
+    contract = jsonschema.Draft202012Validator(load_schema("score"))
+    for message in received:
+        contract.validate(json.loads(message.value))
     return [s for s in (Score.parse(m.value) for m in received) if s.tx_id in wanted]
 
 
