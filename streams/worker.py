@@ -46,6 +46,21 @@ def worker_config(settings: Settings, **overrides: object) -> WorkerConfig:
     )
 
 
+DEFAULT_APP_ID = "fraud-factory"
+
+
+def role_defaults(role: str, settings: Settings) -> tuple[str, int]:
+    """The consumer group and metrics port of a worker of ``role`` when none is given.
+
+    A scoring and a labels worker started side by side with no options do not collide:
+    the labels worker takes ``fraud-factory-labels`` and the metrics port after the
+    scoring worker's, and the scoring worker follows the watermark of that group.
+    """
+    if role == "labels":
+        return f"{DEFAULT_APP_ID}-labels", settings.worker_metrics_port + 1
+    return DEFAULT_APP_ID, settings.worker_metrics_port
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="factory worker", description=__doc__)
     parser.add_argument("--batch-max", type=int, default=None,
@@ -69,8 +84,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="Triton requests in flight at once")
     parser.add_argument("--log-level", default="warn",
                         choices=("crit", "error", "warn", "info", "debug"))
-    parser.add_argument("--app-id", default="fraud-factory",
-                        help="consumer group and table namespace of the worker")
+    parser.add_argument("--app-id", default=None,
+                        help="consumer group and state namespace of the worker (default "
+                             "fraud-factory; fraud-factory-labels for --role labels)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="Prometheus metrics port on 127.0.0.1 (default "
+                             "FACTORY_WORKER_METRICS_PORT, 8100; one more for --role "
+                             "labels)")
     parser.add_argument("--role", choices=("score", "labels", "all"), default="all",
                         help="score transactions, apply labels, or both in one process")
     parser.add_argument("--mode", choices=("live", "strict"), default="live",
@@ -86,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="where a new consumer group starts reading")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    app_id, metrics_port = role_defaults(args.role, settings)
+    args.app_id = args.app_id or app_id
+    args.metrics_port = args.metrics_port or metrics_port
     config = worker_config(
         settings,
         batch_max=args.batch_max or (8192 if args.mode == "strict" else 4096),
@@ -99,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         feature_log_dir=Path(args.feature_log) if args.feature_log else None,
     )
     metrics = WorkerMetrics()
-    start_http_server(settings.worker_metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     levels = {"crit": "CRITICAL", "warn": "WARNING"}
     logging.basicConfig(level=levels.get(args.log_level, args.log_level.upper()))
     app = create_app(config, metrics)
@@ -138,7 +161,7 @@ class WorkerProcess:
                 "--offset-reset", self.offset_reset, "--role", self.role, "--mode", self.mode,
                 *(["--labels-group", self.labels_group] if self.labels_group else []),
                 *(["--feature-log", self.feature_log] if self.feature_log else []),
-                *self.extra_args]
+                "--metrics-port", str(self.metrics_port), *self.extra_args]
         from streams.topics import LABELS, TRANSACTIONS
 
         topic = LABELS if self.role == "labels" else TRANSACTIONS

@@ -77,7 +77,10 @@ class Stack:
         triton_metrics = (
             f"127.0.0.1:{settings.triton_metrics_port}" if "triton" in self.services else None
         )
-        targets = {"factory-worker": [f"127.0.0.1:{settings.worker_metrics_port}"]}
+        # The scoring worker's metrics port and the labels worker's after it (the
+        # workers' defaults, streams/worker.py).
+        targets = {"factory-worker": [f"127.0.0.1:{settings.worker_metrics_port + i}"
+                                      for i in (0, 1)]}
         if triton_metrics:
             targets["triton"] = [triton_metrics]
         webhook = settings.alert_webhook_url.get() if settings.alert_webhook_url else None
