@@ -6,7 +6,9 @@ other push uses (a random prefix per process and a counter). A scorer keeps the 
 read with the token it read them under, and a batch asks Redis, in one script, for the
 arrays of only those terminals whose token differs (:mod:`streams.feast_fast`). A token is
 never reused, so a flushed or restarted Redis, whose hash starts empty again, cannot make
-an old copy look current.
+an old copy look current. A write to the terminal view that does not go through these
+pushes (a Feast materialization into it, say) moves no token: delete the hash
+(:func:`versions_key`) after one, and the scorers read every terminal again.
 """
 
 from __future__ import annotations
