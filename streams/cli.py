@@ -188,6 +188,48 @@ def _list_models(registry: Registry) -> None:
               .rstrip())
 
 
+def _serving_lines(settings: Settings) -> list[str]:
+    """What Triton serves now (its READY versions) and where the router sends the
+    workers; says so when either cannot be asked."""
+    from infra.local.manager import Endpoints
+    from streams.router import ModelRouter
+    from streams.scoring import MODEL_NAME
+
+    path = settings.state_dir / "endpoints.json"
+    local = Endpoints.load(path) if path.exists() else None
+    triton = settings.triton_url or (local.triton if local else None)
+    redis_url = settings.redis_url.get() if settings.redis_url else (
+        local.redis if local else None)
+    lines = []
+    if triton is None:
+        lines.append("Triton: no endpoint (run 'factory up' or set TRITON_URL)")
+    else:
+        import tritonclient.grpc as grpc
+
+        try:
+            client = grpc.InferenceServerClient(triton)
+            index = client.get_model_repository_index(as_json=True).get("models", [])
+            client.close()
+            ready = sorted(int(m["version"]) for m in index
+                           if m.get("name") == MODEL_NAME and m.get("state") == "READY")
+            lines.append(f"Triton {triton}: {MODEL_NAME} versions READY: "
+                         f"{', '.join(map(str, ready)) or 'none'}")
+        except Exception as exc:  # noqa: BLE001 - a status line, not a failure
+            lines.append(f"Triton {triton}: not reachable ({type(exc).__name__})")
+    if redis_url is None:
+        lines.append("route: no Redis endpoint (run 'factory up' or set REDIS_URL)")
+    else:
+        try:
+            route = ModelRouter(redis_url, MODEL_NAME).route()
+            lines.append("route: none (workers score the newest READY version)"
+                         if route is None else
+                         f"route: serving {route.serving}, shadow "
+                         f"{route.shadow or 'none'} (generation {route.generation})")
+        except Exception as exc:  # noqa: BLE001
+            lines.append(f"route: Redis not reachable ({type(exc).__name__})")
+    return lines
+
+
 def model_main(argv: list[str]) -> int:
     """``factory model train|list|show|promote``; heavy modules load only for train."""
     import json
@@ -205,6 +247,8 @@ def model_main(argv: list[str]) -> int:
             _train_model(args, registry)
         elif args.action == "list":
             _list_models(registry)
+            for line in _serving_lines(Settings.from_env()):
+                print(line)
             published = set(published_dirs(args.repo))
             for version in registry.versions():
                 if version not in published:
