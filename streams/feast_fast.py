@@ -206,6 +206,13 @@ def decode_array(raw: bytes | None, dtype: type) -> np.ndarray:
     return np.asarray([] if value is None else list(value.val), dtype=dtype)
 
 
+def decode_labels(times: bytes | None, known: bytes | None, frauds: bytes | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A terminal's stored label arrays (event times, known times, frauds)."""
+    return (decode_array(times, np.float64), decode_array(known, np.float64),
+            decode_array(frauds, np.int64))
+
+
 def event_timestamps(event_times: np.ndarray) -> list[tuple[int, int]]:
     """Epoch seconds as ``(seconds, nanos)``, rounded as Feast's push rounds them.
 
@@ -363,10 +370,8 @@ class FastOnlineFeatures:
         layout = self.layouts[TERMINAL_VIEW]
         unique = np.unique(np.asarray(terminal_ids, dtype=np.int64))
         replies = self._hmget(layout, unique, [layout.fields[n] for n in LABEL_FIELDS])
-        return {terminal: (decode_array(times, np.float64), decode_array(known, np.float64),
-                           decode_array(frauds, np.int64))
-                for terminal, (times, known, frauds) in zip(unique.tolist(), replies,
-                                                            strict=True)}
+        return {terminal: decode_labels(*reply)
+                for terminal, reply in zip(unique.tolist(), replies, strict=True)}
 
     def read(self, view: str, key: str, ids: np.ndarray) -> np.ndarray:
         """Online values of ``view`` for ``ids`` in the service's field order; missing -> 0."""
@@ -450,10 +455,8 @@ class FastOnlineFeatures:
         found = replies[len(commands):len(commands) + len(reads)]
         if self.cache_labels:
             return replies[:len(commands)], self._cached_labels(ids, found[0] if ids else [])
-        return replies[:len(commands)], {
-            terminal: (decode_array(times, np.float64), decode_array(known, np.float64),
-                       decode_array(frauds, np.int64))
-            for terminal, (times, known, frauds) in zip(ids, found, strict=True)}
+        return replies[:len(commands)], {terminal: decode_labels(*reply)
+                                         for terminal, reply in zip(ids, found, strict=True)}
 
     def _cached_labels(self, ids: list[int], replies: list[list[Any]]
                        ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -463,9 +466,8 @@ class FastOnlineFeatures:
             if len(reply) == 1:
                 labels[terminal] = cache[terminal][1]
                 continue
-            token, times, known, frauds = reply
-            arrays = (decode_array(times, np.float64), decode_array(known, np.float64),
-                      decode_array(frauds, np.int64))
+            token, *fields = reply
+            arrays = decode_labels(*fields)
             for array in arrays:
                 array.flags.writeable = False  # shared by every batch that reads it
             labels[terminal] = arrays
