@@ -6,7 +6,7 @@
     factory run [--days N]       the main job, end to end on simulated traffic
     factory worker [...]         run one stream worker in the foreground
     factory replay [...]         replay a dataset into transactions and labels
-    factory model ...            train, list, show and promote model versions
+    factory model ...            train, list, show, promote and roll back model versions
     factory retrainer [...]      drift monitors, retraining, gate and hot swap, as a service
 """
 
@@ -106,8 +106,8 @@ def _model_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--repo", type=Path, default=REPO_ROOT / "triton_repo",
                         help="the Triton model repository (default: triton_repo/)")
-    parser = argparse.ArgumentParser(prog="factory model",
-                                     description="Train, list, show and promote model versions.")
+    parser = argparse.ArgumentParser(
+        prog="factory model", description="Train, list, show, promote and roll back versions.")
     actions = parser.add_subparsers(dest="action", required=True)
     train = actions.add_parser("train", parents=[common],
                                help="train, publish and register a new version")
@@ -132,9 +132,33 @@ def _model_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", parents=[common], help="a table of every version")
     show = actions.add_parser("show", parents=[common], help="one version and its lineage")
     show.add_argument("version", type=int)
-    promote = actions.add_parser("promote", parents=[common], help="make a version the champion")
+    promote = actions.add_parser(
+        "promote", parents=[common],
+        help="serve a version: the gate, the shadow and the swap, as the retrainer does")
     promote.add_argument("version", type=int)
     promote.add_argument("--reason", default="promoted by hand")
+    promote.add_argument("--force", action="store_true",
+                         help="skip the gate (recorded as such in the registry and on "
+                              "model-events); the shadow and the swap still run")
+    promote.add_argument("--registry-only", action="store_true",
+                         help="only make it the registry's champion (no service is touched; "
+                              "a retrainer or 'factory serve' routes to it when it starts)")
+    rollback = actions.add_parser(
+        "rollback", parents=[common],
+        help="serve the previous champion again, in place of the current one")
+    rollback.add_argument("--to", type=int, help="the version to serve (default: the "
+                                                   "champion before the current one)")
+    rollback.add_argument("--reason", default="rolled back by hand")
+    for sub in (promote, rollback):
+        sub.add_argument("--feature-log", type=Path, default=None,
+                         help="the scoring workers' feature log (gate rows and shadow "
+                              "scores; default: <state dir>/feature_log)")
+        sub.add_argument("--gate-days", type=int, default=7,
+                         help="latest matured days of the feature log the gate judges on")
+        sub.add_argument("--shadow-rows", type=int, default=2000,
+                         help="shadow-scored rows before the promotion")
+        sub.add_argument("--shadow-timeout", type=float, default=120.0,
+                         help="promote after this many seconds of shadow at most")
     return parser
 
 
@@ -258,13 +282,55 @@ def model_main(argv: list[str]) -> int:
             print(json.dumps(registry.get(args.version).to_dict(), indent=2))
             chain = [str(entry.version) for entry in registry.lineage(args.version)]
             print(f"lineage: {' <- '.join(chain)}")
-        else:
+        elif args.action == "promote" and args.registry_only:
             previous = registry.champion()
             registry.set_champion(args.version, args.reason)
-            print(f"version {args.version} is the champion (was {previous})")
+            print(f"version {args.version} is the champion (was {previous}); no service "
+                  "was touched")
+        else:
+            return _serve_version(args)
     except (KeyError, ValueError, OSError) as exc:
         print(f"factory model: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _serve_version(args: argparse.Namespace) -> int:
+    """``factory model promote N`` and ``factory model rollback`` on the services."""
+    import dataclasses
+    import logging
+
+    from streams.model_ops import ModelOperator, Operation, PromotionRefused
+    from streams.swap import SwapConfig, SwapError
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for name in ("streams.model_events",):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    settings = Settings.from_env()
+    op = Operation(settings, args.repo,
+                   args.feature_log or settings.state_dir / "feature_log",
+                   gate_days=args.gate_days,
+                   swap=dataclasses.replace(SwapConfig(), shadow_rows=args.shadow_rows,
+                                            shadow_timeout_s=args.shadow_timeout))
+    operator = ModelOperator(op)
+    try:
+        if args.action == "promote":
+            report = operator.promote(args.version, force=args.force, reason=args.reason)
+            if report is None:
+                print(f"version {args.version} serves already")
+                return 0
+        else:
+            report = operator.rollback(args.to, reason=args.reason)
+    except (PromotionRefused, SwapError) as exc:
+        print(f"factory model {args.action}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        operator.close()
+    print(f"version {report.new} serves (was {report.old}; route generation "
+          f"{report.generation}); load {report.load_seconds:.1f} s, shadow "
+          f"{report.shadow_seconds:.1f} s ({report.shadow.get('rows', 0)} rows), drain "
+          f"{report.drain_seconds:.1f} s; version {report.old} "
+          f"{'unloaded' if report.unloaded else 'still loaded'}")
     return 0
 
 
@@ -304,25 +370,17 @@ def retrainer_main(argv: list[str]) -> int:
 
     from prometheus_client import start_http_server
 
-    from infra.local.manager import Endpoints
     from streams.model_events import RetrainerMetrics
     from streams.retrain_policy import TriggerPolicy
     from streams.retrainer import RetrainerConfig, connect
     from streams.swap import SwapConfig
+    from streams.worker import service_endpoints
 
     args = _retrainer_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    path = settings.state_dir / "endpoints.json"
-    local = Endpoints.load(path) if path.exists() else None
-    explicit = {"kafka": settings.kafka.bootstrap_servers, "triton": settings.triton_url,
-                "redis": settings.redis_url.get() if settings.redis_url else None}
-    if local is None and not all(explicit.values()):
-        print("factory retrainer: no service endpoints: run 'factory up' or set "
-              "KAFKA_BOOTSTRAP_SERVERS, REDIS_URL and TRITON_URL", file=sys.stderr)
-        return 2
-    endpoint = {k: v or str(getattr(local, k)) for k, v in explicit.items()}
+    endpoints = service_endpoints(settings, "factory retrainer")
     config = RetrainerConfig(
         feature_log=args.feature_log, repo_dir=args.repo, gate_days=args.gate_days,
         warm_start=not args.full_retrain, poll_s=args.poll,
@@ -332,8 +390,8 @@ def retrainer_main(argv: list[str]) -> int:
     metrics = RetrainerMetrics(drift_hold_seconds=config.thresholds.cooldown_seconds)
     start_http_server(args.metrics_port or settings.retrainer_metrics_port, addr="127.0.0.1",
                       registry=metrics.registry)
-    retrainer = connect(config, settings, kafka=endpoint["kafka"], redis_url=endpoint["redis"],
-                        triton_url=endpoint["triton"], labels_group=args.labels_group,
+    retrainer = connect(config, settings, kafka=endpoints.kafka, redis_url=endpoints.redis,
+                        triton_url=endpoints.triton, labels_group=args.labels_group,
                         metrics=metrics)
     champion = retrainer.start()
     print(f"retrainer: champion {champion}, feature log {args.feature_log}", flush=True)

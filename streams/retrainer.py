@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from streams.router import ModelRouter
 from streams.settings import Settings
 from streams.swap import (
     ModelSwapper,
+    SwapBusy,
     SwapConfig,
     SwapError,
     SwapReport,
@@ -117,6 +118,17 @@ class StepReport:
     rollback: RollbackVerdict | None = None
 
 
+def gate_window(frame: pd.DataFrame, split: GateSplit, features: Sequence[str]) -> GateWindow:
+    """The labelled rows of ``frame`` (:func:`models.trainer.frame_from_feature_log`) in
+    the gate window ``split``."""
+    times = frame["TX_DATETIME"].to_numpy("datetime64[s]").astype(np.int64)
+    rows = frame[(times >= split.start) & (times < split.end)]
+    return GateWindow(features=rows[list(features)].to_numpy(np.float32),
+                      labels=rows[TARGET_COLUMN].to_numpy(np.int64),
+                      cards=rows["CUSTOMER_ID"].to_numpy(),
+                      days=rows["TX_TIME_DAYS"].to_numpy())
+
+
 class Retrainer:
     """The service's state and its steps; see the module docstring.
 
@@ -177,8 +189,23 @@ class Retrainer:
             self._manual = reason
             return True
 
+    def follow_champion(self) -> bool:
+        """Adopt a champion promoted or rolled back by another process (``factory model
+        promote`` or ``rollback`` beside a running ``factory serve``); ``True`` when it
+        changed. Its monitor starts afresh and no rollback check of ours stays pending."""
+        champion = self.registry.champion()
+        if champion is None or champion == self.champion or self.state.busy:
+            return False
+        log.info("the champion is now %d (was %d), changed by another process",
+                 champion, self.champion)
+        self._adopt(champion)
+        self._watch = None
+        self.metrics.drift_clear()
+        return True
+
     def step(self) -> StepReport:
         """Read, monitor, publish, and retrain when a trigger is due (see the module)."""
+        self.follow_champion()
         rows = self.tail.poll()
         self.current.observe(rows)
         labels = self.labels.poll() if self.labels is not None else []
@@ -270,12 +297,7 @@ class Retrainer:
 
     def gate_window(self, frame: pd.DataFrame, split: GateSplit) -> GateWindow:
         """The labelled rows of ``frame`` in the gate window."""
-        times = frame["TX_DATETIME"].to_numpy("datetime64[s]").astype(np.int64)
-        rows = frame[(times >= split.start) & (times < split.end)]
-        return GateWindow(features=rows[list(self.config.recipe.features)].to_numpy(np.float32),
-                          labels=rows[TARGET_COLUMN].to_numpy(np.int64),
-                          cards=rows["CUSTOMER_ID"].to_numpy(),
-                          days=rows["TX_TIME_DAYS"].to_numpy())
+        return gate_window(frame, split, self.config.recipe.features)
 
     def challenge(self, version: int, window: GateWindow, *,
                   cycle_started: float | None = None, train_seconds: float | None = None,
@@ -337,7 +359,9 @@ class Retrainer:
                                        cycle_started=cycle_started or time.monotonic())
         except SwapError as exc:
             log.warning("swap to %d failed: %s", version, exc)
-            if self.registry.get(version).status != "rejected":
+            if isinstance(exc, SwapBusy):
+                self.registry.update_status(version, "candidate", f"not swapped in: {exc}")
+            elif self.registry.get(version).status != "rejected":
                 self.registry.update_status(version, "rejected", str(exc))
             self.events.publish("swap_failed", version=version, serving=old, reason=str(exc))
             return None

@@ -16,7 +16,12 @@ route yet (a fresh store) score with the newest version Triton reports READY.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -30,6 +35,16 @@ return generation
 
 
 ROUTE_FIELDS = ["serving", "shadow", "generation"]
+
+# Deletes the lock only when the caller still holds it (its token is the value).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RouteBusy(RuntimeError):
+    """Another swap or rollback holds the route's lock; the message names its holder."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +64,29 @@ class ModelRouter:
         self.client = redis.Redis.from_url(redis_url)
         self.key = f"factory:router:{model}"
         self.acks_key = f"{self.key}:acks"
+        self.lock_key = f"{self.key}:lock"
         self.ack_ttl_s = ack_ttl_s
         self._set = self.client.register_script(_SET_ROUTE)
+        self._release = self.client.register_script(_RELEASE)
+
+    @contextmanager
+    def lock(self, holder: str, ttl_s: float = 1800.0) -> Iterator[None]:
+        """Hold the route for one swap or rollback, so that two never interleave (the
+        retrainer of ``factory serve`` and ``factory model promote`` from a shell).
+
+        Raises :class:`RouteBusy` at once when another holder has it; the lock expires
+        after ``ttl_s`` should its holder die mid-swap.
+        """
+        token = f"{holder} (pid {os.getpid()} on {socket.gethostname()}, since "
+        token += f"{time.strftime('%H:%M:%S')}) {uuid.uuid4().hex[:8]}"
+        if not self.client.set(self.lock_key, token, nx=True, px=int(ttl_s * 1000)):
+            other = self.client.get(self.lock_key)
+            holder = other.decode() if isinstance(other, bytes) else "a holder that just left"
+            raise RouteBusy(f"another swap is in progress: {holder}")
+        try:
+            yield
+        finally:
+            self._release(keys=[self.lock_key], args=[token])
 
     def route(self) -> Route | None:
         """The current route; ``None`` before any was set."""
@@ -113,7 +149,7 @@ class ModelRouter:
 
     def reset(self) -> None:
         """Forget the route and the acknowledgements (a fresh deployment)."""
-        self.client.delete(self.key, self.acks_key)
+        self.client.delete(self.key, self.acks_key, self.lock_key)
 
     def close(self) -> None:
         self.client.close()

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,18 @@ from models.triton_config import MODEL_NAME
 from streams.model_events import ModelEvents
 from streams.retrain_inputs import FeatureLogTail, LabelBook
 from streams.retrain_policy import RollbackVerdict, ShadowStats, rollback_verdict
-from streams.router import ModelRouter, Route
+from streams.router import ModelRouter, Route, RouteBusy
 
 log = logging.getLogger(__name__)
 
 
 class SwapError(RuntimeError):
     """A swap that stopped before promotion; the previous version still serves."""
+
+
+class SwapBusy(SwapError):
+    """The route is held by another swap or rollback, or no longer serves the version
+    the caller meant to replace; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -190,9 +196,29 @@ class ModelSwapper:
             route = self.router.promote(champion)
         return route
 
+    @contextmanager
+    def holding_route(self, what: str, serving: int) -> Iterator[None]:
+        """The route's lock for one swap or rollback (:meth:`ModelRouter.lock`), and the
+        check that it still serves ``serving``; :class:`SwapBusy` otherwise."""
+        try:
+            with self.router.lock(what):
+                route = self.router.route()
+                if route is not None and route.serving != serving:
+                    raise SwapBusy(f"the route serves {route.serving}, not {serving}: "
+                                   "another process changed it")
+                yield
+        except RouteBusy as exc:
+            raise SwapBusy(str(exc)) from exc
+
     def swap(self, old: int, new: int, *, reason: str,
              cycle_started: float | None = None) -> SwapReport:
-        """Replace ``old`` by ``new``; raises :class:`SwapError` before promotion."""
+        """Replace ``old`` by ``new``; raises :class:`SwapError` before promotion
+        (:class:`SwapBusy` when another swap holds the route)."""
+        with self.holding_route(f"swap {old} -> {new}", old):
+            return self._swap(old, new, reason=reason, cycle_started=cycle_started)
+
+    def _swap(self, old: int, new: int, *, reason: str,
+              cycle_started: float | None) -> SwapReport:
         started = time.monotonic()
         report = SwapReport(old, new)
         self.check_contract(new)
@@ -229,6 +255,11 @@ class ModelSwapper:
     def roll_back(self, bad: int, good: int, *, reason: str,
                   figures: dict[str, Any] | None = None) -> SwapReport:
         """Serve ``good`` again in place of ``bad``, which becomes ``rolled_back``."""
+        with self.holding_route(f"rollback {bad} -> {good}", bad):
+            return self._roll_back(bad, good, reason=reason, figures=figures)
+
+    def _roll_back(self, bad: int, good: int, *, reason: str,
+                   figures: dict[str, Any] | None) -> SwapReport:
         started = time.monotonic()
         report = SwapReport(bad, good)
         self._load_both(bad, good, report)

@@ -25,22 +25,28 @@ from streams.scoring import DecisionPolicy, ReviewBudget
 from streams.settings import REPO_ROOT, Settings
 
 
-def worker_config(settings: Settings, **overrides: object) -> WorkerConfig:
-    """Endpoints from the settings, or from the local stack started by ``factory up``."""
+def service_endpoints(settings: Settings, command: str = "factory") -> Endpoints:
+    """Kafka, Redis and Triton: from the settings where they name them, else from the
+    local stack started by ``factory up``; one clear line (``SystemExit``) otherwise."""
     path = settings.state_dir / "endpoints.json"
     local = Endpoints.load(path) if path.exists() else None
+    explicit = {"kafka": settings.kafka.bootstrap_servers, "triton": settings.triton_url,
+                "redis": settings.redis_url.get() if settings.redis_url else None}
+    missing = [name for name, value in explicit.items() if not value]
+    if missing and local is None:
+        settings_names = {"kafka": "KAFKA_BOOTSTRAP_SERVERS", "redis": "REDIS_URL",
+                          "triton": "TRITON_URL"}
+        raise SystemExit(f"{command}: no {', '.join(missing)} endpoint: run 'factory up' or "
+                         f"set {', '.join(settings_names[n] for n in missing)}")
+    chosen = {name: value or str(getattr(local, name)) for name, value in explicit.items()}
+    return Endpoints(**chosen)
 
-    def pick(explicit: str | None, name: str) -> str:
-        if explicit:
-            return explicit
-        if local is None:
-            raise SystemExit(f"no {name} endpoint: run 'factory up' or set the setting for it")
-        return str(getattr(local, name))
 
+def worker_config(settings: Settings, **overrides: object) -> WorkerConfig:
+    """Endpoints from the settings, or from the local stack started by ``factory up``."""
+    endpoints = service_endpoints(settings, "factory worker")
     return WorkerConfig(
-        kafka=pick(settings.kafka.bootstrap_servers, "kafka"),
-        redis_url=pick(settings.redis_url.get() if settings.redis_url else None, "redis"),
-        triton_url=pick(settings.triton_url, "triton"),
+        kafka=endpoints.kafka, redis_url=endpoints.redis, triton_url=endpoints.triton,
         settings=settings,
         **overrides,  # type: ignore[arg-type]
     )

@@ -188,7 +188,8 @@ def test_cli_train_list_show_promote(
     assert row[:4] == ["2", "champion", "-", "manual"] and row[4].endswith("..2018-05-09")
     assert 0 <= float(row[5]) <= 1 and 0 <= float(row[6]) <= 1
 
-    assert main(["model", "promote", "1", "--repo", str(repo), "--reason", "roll back"]) == 0
+    assert main(["model", "promote", "1", "--repo", str(repo), "--registry-only",
+                 "--reason", "roll back"]) == 0
     assert "version 1 is the champion (was 2)" in capsys.readouterr().out
     assert main(["model", "show", "2", "--repo", str(repo)]) == 0
     out = capsys.readouterr().out

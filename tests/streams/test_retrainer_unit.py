@@ -3,6 +3,7 @@ retraining, swap and rollback end to end against an in-memory router and Triton.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 from collections.abc import Iterator
@@ -281,6 +282,10 @@ class MemoryRouter:
 
     def wait_drained(self, generation: int, timeout_s: float = 60.0) -> bool:
         return True
+
+    @contextlib.contextmanager
+    def lock(self, holder: str) -> Iterator[None]:
+        yield
 
 
 @pytest.fixture(autouse=True)

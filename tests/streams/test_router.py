@@ -53,3 +53,24 @@ def test_drained_waits_for_every_live_worker_and_forgets_silent_ones(
     time.sleep(0.6)  # "a" went silent past the TTL: it stopped, with its batches
     router.acknowledge("b", route.generation)
     assert router.drained(route.generation)
+
+
+def test_one_swap_holds_the_route_at_a_time_and_a_dead_holders_lock_expires(
+    router: ModelRouter,
+) -> None:
+    from streams.router import RouteBusy
+
+    with router.lock("swap 1 -> 2"):
+        with pytest.raises(RouteBusy, match=r"swap 1 -> 2 \(pid"):
+            with router.lock("factory model promote 3"):
+                pass
+    with router.lock("factory model promote 3"):  # released on leaving the block
+        pass
+    # A holder killed mid-swap never releases; its lock expires after its TTL.
+    router.client.set(router.lock_key, "a dead process", px=300)
+    with pytest.raises(RouteBusy, match="a dead process"):
+        with router.lock("after"):
+            pass
+    time.sleep(0.4)
+    with router.lock("after"):
+        pass
