@@ -8,6 +8,8 @@
     factory replay [...]         replay a dataset into transactions and labels
     factory model ...            train, list, show, promote and roll back model versions
     factory retrainer [...]      drift monitors, retraining, gate and hot swap, as a service
+    factory serve [...]          services, both workers and the retrainer as one service
+    factory bootstrap --parquet  first model and primed state from your own history
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from infra.local.base import PrerequisiteError, ServiceError
 from infra.local.manager import SERVICE_ORDER, Stack
-from streams.settings import REPO_ROOT, Settings
+from streams.settings import Settings
 
 if TYPE_CHECKING:
     from models.registry import Registry
@@ -40,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         return model_main(argv[1:])
     if argv[:1] == ["retrainer"]:
         return retrainer_main(argv[1:])
+    if argv[:1] == ["bootstrap"]:
+        from streams.bootstrap import main as bootstrap_main
+
+        return bootstrap_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        from streams.serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="factory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="drift scenario KIND:start=D,days=N,intensity=X, or 'none'")
     run.add_argument("--seconds-per-day", type=float, default=4.0,
                      help="wall seconds an event day takes in the replay")
+    run.add_argument("--parquet", default=None, metavar="PATH",
+                     help="the loop on your own transactions (TRANSACTION_ID, TX_DATETIME, "
+                          "CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, TX_FRAUD) instead of the "
+                          "simulator; labels 7 days late")
+    run.add_argument("--first-model-days", type=int, default=35,
+                     help="days the first model learns from (the rest is the live stream)")
+    run.add_argument("--compare-from-day", type=int, default=None,
+                     help="day from which served and frozen scores are compared (default: "
+                          "the drift's start, or the first model's end with --parquet)")
     run.add_argument("--no-loop", action="store_true",
                      help="no retrainer: stream, score and check parity with one model")
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
@@ -65,8 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
     commands.add_parser("model", help="the model registry (see factory model --help)")
     commands.add_parser("retrainer", help="the retrainer (see factory retrainer --help)")
+    commands.add_parser("bootstrap", help="start from your own history (see factory "
+                                          "bootstrap --help)")
+    commands.add_parser("serve", help="the whole factory as a long-running service "
+                                      "(see factory serve --help)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "run" and args.no_loop and args.parquet:
+            parser.error("--parquet runs the loop: drop --no-loop")
         if args.command == "run" and args.no_loop:
             from streams.job import JobSize
             from streams.job import run as run_job
@@ -83,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
             loop = LoopSize(customers=args.customers or 1000,
                             terminals=args.terminals or 2000, days=args.days or 84,
-                            drift=args.drift, seconds_per_day=args.seconds_per_day)
+                            drift="none" if args.parquet else args.drift,
+                            seconds_per_day=args.seconds_per_day, parquet=args.parquet,
+                            first_model_end_day=args.first_model_days,
+                            compare_from_day=args.compare_from_day)
             run_loop(loop, keep_up=args.keep_up)
             return 0
         stack = Stack(Settings.from_env())
@@ -104,8 +132,9 @@ def _model_parser() -> argparse.ArgumentParser:
     from models.registry import TRIGGERS
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--repo", type=Path, default=REPO_ROOT / "triton_repo",
-                        help="the Triton model repository (default: triton_repo/)")
+    common.add_argument("--repo", type=Path, default=Settings.from_env().triton_repo,
+                        help="the Triton model repository (default: FACTORY_TRITON_REPO, "
+                             "else triton_repo/)")
     parser = argparse.ArgumentParser(
         prog="factory model", description="Train, list, show, promote and roll back versions.")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -162,7 +191,7 @@ def _model_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_model(args: argparse.Namespace, registry: Registry) -> None:
+def _train_model(args: argparse.Namespace, registry: Registry) -> int:
     import torch
 
     from models.trainer import frame_from_feature_log, frame_from_simulator, train_version
@@ -187,8 +216,44 @@ def _train_model(args: argparse.Namespace, registry: Registry) -> None:
           f"{window['start'][:10]}..{window['end'][:10]}; trained in {entry.train_seconds:.1f} s "
           f"on {rows:,} rows; {args.repo / 'fraud_detector' / str(entry.version)}")
     if args.promote:
-        registry.set_champion(entry.version, "trained with --promote")
-        print(f"version {entry.version} is the champion")
+        return _promote_trained(entry.version, args, registry)
+    return 0
+
+
+def _promote_trained(version: int, args: argparse.Namespace, registry: Registry) -> int:
+    """``train --promote``: the champion at once, and serving when the services are up:
+    loaded and routed when nothing serves yet, else through the gate, shadow and swap
+    (the champion stays as it was when the gate refuses)."""
+    from streams.model_ops import ModelOperator, Operation, PromotionRefused
+    from streams.swap import SwapError
+    from streams.worker import service_endpoints
+
+    settings = Settings.from_env()
+    try:
+        service_endpoints(settings)
+    except SystemExit:
+        registry.set_champion(version, "trained with --promote")
+        print(f"version {version} is the champion; no services to serve it on ('factory "
+              "up' or settings): it serves when a retrainer or 'factory serve' starts")
+        return 0
+    operator = ModelOperator(Operation(settings, args.repo, settings.state_dir / "feature_log"))
+    try:
+        if operator.router.route() is None:
+            registry.set_champion(version, "trained with --promote")
+            route = operator.swapper.ensure_serving(version)
+            print(f"version {version} is the champion and serves (route generation "
+                  f"{route.generation})")
+        else:
+            report = operator.promote(version, reason="trained with --promote")
+            print(f"version {version} is the champion and serves"
+                  + ("" if report is None else f" (was {report.old}: gate, shadow, swap)"))
+    except (PromotionRefused, SwapError) as exc:
+        print(f"factory model train: version {version} is registered but does not serve: "
+              f"{exc}", file=sys.stderr)
+        return 1
+    finally:
+        operator.close()
+    return 0
 
 
 def _list_models(registry: Registry) -> None:
@@ -268,7 +333,7 @@ def model_main(argv: list[str]) -> int:
             print(f"recorded version {version} found in {args.repo} (unknown lineage)",
                   file=sys.stderr)
         if args.action == "train":
-            _train_model(args, registry)
+            return _train_model(args, registry)
         elif args.action == "list":
             _list_models(registry)
             for line in _serving_lines(Settings.from_env()):
@@ -353,7 +418,9 @@ def _retrainer_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shadow-timeout", type=float, default=120.0)
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="Prometheus port (default FACTORY_RETRAINER_METRICS_PORT, 8110)")
-    parser.add_argument("--repo", type=Path, default=REPO_ROOT / "triton_repo")
+    parser.add_argument("--repo", type=Path, default=Settings.from_env().triton_repo,
+                        help="the Triton model repository (default: FACTORY_TRITON_REPO, "
+                             "else triton_repo/)")
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between steps")
     parser.add_argument("--once", action="store_true", help="one step, then exit")
     parser.add_argument("--log-level", default="info",

@@ -51,13 +51,28 @@ class LoopSize:
     retrain_epochs: int = 10
     retrain_weeks: int = 3
     seed: int = 0
+    # A team's own transactions instead of the simulator (the replay's columns), and the
+    # day from which served and frozen scores are compared (default: the first model's end).
+    parquet: str | None = None
+    compare_from_day: int | None = None
 
 
 def simulate_world(size: LoopSize) -> pd.DataFrame:
-    """The drifted world with every model feature (the batch reference)."""
+    """The drifted world (or the ``parquet`` file's transactions) with every model
+    feature (the batch reference)."""
     from models.drift import DriftSpec, apply_drift
     from models.extra_features import add_model_features
     from models.simulator import simulate
+
+    if size.parquet is not None:
+        from streams.bootstrap import load_history
+
+        history = load_history(Path(size.parquet), None, 7.0)
+        days = int(history["TX_TIME_DAYS"].max()) + 1
+        if days < size.first_model_end_day + 14:
+            raise ValueError(f"{size.parquet} holds {days} days: the loop needs the first "
+                             f"model's {size.first_model_end_day} and two weeks after them")
+        return add_model_features(history)
 
     raw = simulate(n_customers=size.customers, n_terminals=size.terminals,
                    nb_days=size.days)
@@ -66,6 +81,11 @@ def simulate_world(size: LoopSize) -> pd.DataFrame:
 
 
 def drift_start_day(size: LoopSize) -> int:
+    """The day from which served and frozen scores are compared."""
+    if size.compare_from_day is not None:
+        return size.compare_from_day
+    if size.parquet is not None:
+        return size.first_model_end_day
     if size.drift == "none":
         return size.days
     from models.drift import DriftSpec
@@ -110,7 +130,8 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
     try:
         log("resetting the Feast online store and the model route")
         reset_online_store(endpoints.redis)
-        log(f"simulating {size.days} days of {size.customers:,} cards and "
+        log(f"reading {size.parquet}" if size.parquet else
+            f"simulating {size.days} days of {size.customers:,} cards and "
             f"{size.terminals:,} terminals with drift {size.drift}")
         frame = simulate_world(size)
         frame["TRANSACTION_ID"] = (int(time.time()) % 10**8) * 10**7 + np.arange(len(frame))

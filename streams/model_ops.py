@@ -59,20 +59,29 @@ class Operation:
     swap: SwapConfig = dataclasses.field(default_factory=SwapConfig)
 
 
-def read_labels(kafka: str, settings: Settings, idle_s: float = 2.0,
-                timeout_s: float = 120.0) -> pd.DataFrame:
-    """Every label on the ``labels`` topic (``tx_id``, ``is_fraud``, ``known_at``), read
-    until no more arrive for ``idle_s``."""
+def read_labels(kafka: str, settings: Settings, timeout_s: float = 300.0) -> pd.DataFrame:
+    """Every label on the ``labels`` topic when called (``tx_id``, ``is_fraud``,
+    ``known_at``): read up to the end offsets of that moment, while more may arrive."""
+    from confluent_kafka import TopicPartition
+
+    from streams.clients import topic_end_offsets
+    from streams.topics import LABELS
+
+    ends = topic_end_offsets(kafka, settings, LABELS)
     feed = LabelFeed(kafka, settings, f"factory-model-cli-{time.time_ns()}")
     records: list[tuple[int, int, float]] = []
-    quiet_since = time.monotonic()
-    deadline = quiet_since + timeout_s
+    deadline = time.monotonic() + timeout_s
     try:
-        while time.monotonic() - quiet_since < idle_s and time.monotonic() < deadline:
+        while True:
             labels = feed.poll(timeout_s=0.5)
-            if labels:
-                quiet_since = time.monotonic()
-                records.extend((lb.tx_id, lb.is_fraud, lb.known_at) for lb in labels)
+            records.extend((lb.tx_id, lb.is_fraud, lb.known_at) for lb in labels)
+            positions = feed.consumer.position([TopicPartition(LABELS, p) for p in ends])
+            if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0
+                   for tp in positions):
+                break
+            if time.monotonic() > deadline:
+                raise PromotionRefused(f"the labels topic was not read to its end in "
+                                       f"{timeout_s:.0f} s")
     finally:
         feed.close()
     return pd.DataFrame(records, columns=["tx_id", "is_fraud", "known_at"])

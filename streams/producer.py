@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from streams.replay import (
@@ -66,6 +67,9 @@ class ReplayOptions:
     chunk_rows: int = 20_000
     checkpoint_every_s: float = 10.0
     progress: bool = True
+    # Event time (Unix s) to start at: earlier transactions were sent before (by
+    # ``factory bootstrap``), and so were their labels known by the last of them.
+    start_time: int | None = None
 
 
 @dataclass
@@ -128,6 +132,8 @@ def replay(dataset: Dataset, bootstrap: str, settings: Settings,
                 if options.labels and dataset.is_fraud is not None else None)
     saved_position = checkpoint.load() if options.resume else None
     start_row, label_pos = saved_position or (0, 0)
+    if options.start_time is not None and saved_position is None:
+        start_row, label_pos = start_at(dataset, schedule, options.start_time)
     if options.resume and options.progress:
         print(f"resuming at row {start_row:,}, label {label_pos:,}" if saved_position
               else f"no checkpoint in {checkpoint.path.parent} for this dataset; starting "
@@ -220,6 +226,22 @@ def replay(dataset: Dataset, bootstrap: str, settings: Settings,
         progress.show(next_row - start_row, labels_sent, clock, final=True)
     return ReplayReport(start_row, next_row, n, labels_sent, label_pos,
                         time.monotonic() - began, finished=next_row == n)
+
+
+def start_at(dataset: Dataset, schedule: LabelSchedule | None,
+             start_time: int) -> tuple[int, int]:
+    """Row and label position of a replay that starts at event time ``start_time``.
+
+    Everything before it was sent by an earlier replay of the rows before it that ended
+    without flushing labels (``factory bootstrap``): its transactions, and the labels
+    known by the last of them. The labels of those rows known later are still to come,
+    at their time.
+    """
+    row = int(np.searchsorted(dataset.event_time, start_time, side="left"))
+    if schedule is None or row == 0:
+        return row, 0
+    last = int(dataset.event_time[row - 1])
+    return row, int(np.searchsorted(schedule.due, last, side="right"))
 
 
 def resolve_bootstrap(explicit: str | None, settings: Settings) -> str:
@@ -338,6 +360,10 @@ def parser() -> argparse.ArgumentParser:
                    help="stop after N transactions (continue later with --resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint of this dataset")
+    p.add_argument("--from", dest="start", metavar="TIME", default=None,
+                   help="start at this event time (e.g. 2018-06-01): earlier transactions "
+                        "are not sent, their labels due after the last of them are (the "
+                        "continuation of a 'factory bootstrap --until TIME')")
     p.add_argument("--no-labels", action="store_true", help="produce transactions only")
     p.add_argument("--flush-labels", action=argparse.BooleanOptionalAction, default=True,
                    help="at the end of the dataset, produce the labels not yet due")
@@ -362,6 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.limit is not None and args.limit < 0:
             raise UsageError("--limit must be >= 0")
+        if args.start is not None and args.resume:
+            raise UsageError("--from and --resume exclude each other")
+        start_time = None
+        if args.start is not None:
+            try:
+                start_time = int(pd.Timestamp(args.start, tz="UTC").timestamp())
+            except ValueError:
+                raise UsageError(f"--from: not a time: {args.start!r}") from None
         dataset = load_dataset(args)
         bootstrap = resolve_bootstrap(args.bootstrap, settings)
     except (DatasetError, UsageError) as exc:
@@ -369,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     options = ReplayOptions(
         speed=args.speed, limit=args.limit, labels=not args.no_labels,
-        flush_labels=args.flush_labels, resume=args.resume,
+        flush_labels=args.flush_labels, resume=args.resume, start_time=start_time,
         transactions_topic=args.transactions_topic, labels_topic=args.labels_topic,
         progress=not args.quiet)
     stop = threading.Event()

@@ -91,6 +91,9 @@ class Settings:
     retrainer_metrics_port: int = 8110
     partitions: int = 4
     registry_dir: Path | None = None
+    # The Triton model repository: what the local Triton mounts and the model commands
+    # publish to (FACTORY_TRITON_REPO).
+    triton_repo: Path = REPO_ROOT / "triton_repo"
 
     @property
     def model_registry_dir(self) -> Path:
@@ -127,6 +130,7 @@ class Settings:
         }
         state = _env("FACTORY_STATE_DIR")
         registry = _env("FACTORY_REGISTRY_DIR")
+        triton_repo = _env("FACTORY_TRITON_REPO")
         return cls(
             kafka=kafka,
             redis_url=_secret("REDIS_URL"),
@@ -135,5 +139,6 @@ class Settings:
             alert_webhook_url=_secret("FACTORY_ALERT_WEBHOOK_URL"),
             state_dir=Path(state) if state else REPO_ROOT / ".factory",
             registry_dir=Path(registry) if registry else None,
+            triton_repo=Path(triton_repo) if triton_repo else REPO_ROOT / "triton_repo",
             **ints,
         )

@@ -149,14 +149,15 @@ class ModelSwapper:
         The route workers follow, the model registry, the ``model-events`` publisher.
     shadow_stats
         ``shadow_stats(version)``: agreement of that shadow with the serving model over
-        the rows logged so far (the caller reads the feature log).
+        the rows logged so far (the caller reads the feature log); ``None`` for a
+        swapper that only makes a version serve (:meth:`ensure_serving`).
     repo_dir
         The Triton repository whose graphs are checked before a load.
     """
 
     def __init__(self, *, load: Callable[[list[int]], None], ready: Callable[[], list[int]],
                  router: ModelRouter, registry: Registry, events: ModelEvents,
-                 shadow_stats: Callable[[int], ShadowStats],
+                 shadow_stats: Callable[[int], ShadowStats] | None = None,
                  config: SwapConfig | None = None, repo_dir: Path | None = None) -> None:
         self.load, self.ready = load, ready
         self.router, self.registry, self.events = router, registry, events
@@ -289,6 +290,8 @@ class ModelSwapper:
             log.exception("could not load %s again", versions)
 
     def _wait_for_shadow(self, version: int) -> ShadowStats:
+        if self.shadow_stats is None:
+            raise SwapError("this swapper has no shadow statistics: it can only route")
         config = self.config
         started = last_growth = time.monotonic()
         rows = -1

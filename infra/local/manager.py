@@ -20,7 +20,7 @@ from infra.local.kafka import KafkaService
 from infra.local.prometheus import PrometheusService
 from infra.local.redis import RedisService
 from infra.local.triton import TritonService
-from streams.settings import REPO_ROOT, Settings
+from streams.settings import Settings
 
 # Alertmanager before Prometheus, so that the first alerts have somewhere to go.
 SERVICE_ORDER = ("kafka", "redis", "triton", "alertmanager", "prometheus")
@@ -72,7 +72,7 @@ class Stack:
                     "grpc": settings.triton_grpc_port,
                     "metrics": settings.triton_metrics_port,
                 },
-                model_repository=triton_repo or REPO_ROOT / "triton_repo",
+                model_repository=triton_repo or settings.triton_repo,
             )
         triton_metrics = (
             f"127.0.0.1:{settings.triton_metrics_port}" if "triton" in self.services else None

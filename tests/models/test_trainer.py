@@ -172,6 +172,7 @@ def test_cli_train_list_show_promote(
     repo = triton_repo(tmp_path / "triton", len(DEFAULT_RECIPE.features))
     (repo / "fraud_detector" / "1").mkdir()  # published before the registry existed
     monkeypatch.setenv("FACTORY_REGISTRY_DIR", str(tmp_path / "registry"))
+    monkeypatch.setenv("FACTORY_STATE_DIR", str(tmp_path / "state"))  # no services
     small = ["--customers", "100", "--terminals", "200", "--days", "45", "--device", "cpu"]
     assert main(["model", "train", "--repo", str(repo), *small, "--promote"]) == 0
     out, err = capsys.readouterr()

@@ -121,6 +121,25 @@ def test_label_schedule_orders_by_known_at() -> None:
     assert schedule.due_end(0, clock=10**9, sent_rows=5) == 5
 
 
+def test_a_replay_from_a_time_continues_one_that_stopped_before_it(frame: pd.DataFrame) -> None:
+    from streams.producer import start_at
+
+    dataset = Dataset.from_frame(frame)
+    schedule = LabelSchedule.build(dataset.event_time, dataset.delay_s)
+    cut = int(dataset.event_time[0]) + 8 * DAY + 3600  # labels come 7 days late
+    row, label = start_at(dataset, schedule, cut)
+    assert dataset.event_time[row - 1] < cut <= dataset.event_time[row]
+    # Where a replay of the rows before the cut stands after its last acknowledgement,
+    # without flushing the labels not yet due.
+    assert label > 0 and label == schedule.due_end(0, int(dataset.event_time[row - 1]), row)
+    sent_before = set(schedule.rows[:label].tolist())
+    assert sent_before <= set(range(row)), "only labels of rows sent before"
+    assert all(schedule.due[label:] > dataset.event_time[row - 1]), "the rest are due later"
+    assert start_at(dataset, schedule, int(dataset.event_time[0])) == (0, 0)
+    # Breaking it: a label position one further would lose a label, one back send it twice.
+    assert schedule.due[label - 1] <= dataset.event_time[row - 1] < schedule.due[label]
+
+
 def test_pacing_on_event_time() -> None:
     times = np.array([100, 100, 110, 130, 200])
     assert paced_end(times, 0, 5, 100, 0.0, None) == (5, 0.0)
