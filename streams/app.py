@@ -125,10 +125,22 @@ class FactoryApp(faust.App):
 
     async def on_stop(self) -> None:
         """A clean stop checkpoints what was handled (the batch in hand finishes first),
-        so a stopped worker leaves nothing for its successor to handle again."""
+        so a stopped worker leaves nothing for its successor to handle again.
+
+        A strict batch that waits for labels not yet produced is left unfinished: the
+        last checkpoint stands, and the successor handles that batch again.
+        """
         for loop in self.batch_loops:
-            async with loop.lock:
-                await loop.checkpoint()
+            while not getattr(loop.pipeline, "waiting_for_labels", False):
+                try:
+                    await asyncio.wait_for(loop.lock.acquire(), timeout=0.2)
+                except TimeoutError:
+                    continue
+                try:
+                    await loop.checkpoint()
+                finally:
+                    loop.lock.release()
+                break
         await super().on_stop()
 
 

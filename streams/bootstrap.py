@@ -12,7 +12,9 @@
    at full speed, so their state (card windows, terminal label arrays, the Feast online
    store, the offsets) is exactly where the history ends, and ``factory serve`` continues
    from there. Labels known after the last historic transaction are not sent: they come
-   at their time (``factory replay --from`` sends them for a continuation).
+   at their time (``factory replay --from`` sends them for a continuation). Once the
+   labels worker has applied the others, the label watermark moves to the history's
+   end, so the strict scorer scores the history to its last transaction.
 4. A report (``<state dir>/bootstrap/report.md`` and ``report.json``): the first model's
    quality on the test days, and the streamed features of the history against the batch
    reference.
@@ -171,6 +173,9 @@ def bootstrap(args: argparse.Namespace, settings: Settings) -> dict:
             "labels known by the end of the history")
         replay(Dataset.from_frame(history, default_delay_days=args.label_delay_days),
                endpoints.kafka, settings, ReplayOptions(flush_labels=False))
+        last_time = int(history["TX_DATETIME"].iloc[-1].timestamp())
+        _close_the_history(endpoints.kafka, endpoints.redis, settings, labels_group,
+                           last_time)
         wanted = set(history["TRANSACTION_ID"].tolist())
         _wait_for_scores(endpoints.kafka, settings, start, wanted, workers)
     finally:
@@ -202,23 +207,64 @@ def bootstrap(args: argparse.Namespace, settings: Settings) -> dict:
     return figures
 
 
+def _close_the_history(kafka: str, redis_url: str, settings: Settings, group: str,
+                       last_time: int, timeout_s: float = 600.0) -> None:
+    """Tell the scorer that every label known by ``last_time`` is applied.
+
+    The replay sent every label known by the history's last transaction and none known
+    later. Once the labels group has committed the end of ``labels`` (each label in
+    Feast), the watermark's promise "every label known before T is applied" holds for
+    T = ``last_time`` + 1 s on every partition, so a strict scorer scores the history to
+    its end instead of waiting for the first label after it.
+    """
+    from streams.clients import topic_end_offsets
+    from streams.topics import LABELS
+    from streams.watermark import LabelWatermark
+
+    ends = topic_end_offsets(kafka, settings, LABELS)
+    deadline = time.monotonic() + timeout_s
+    while _committed(kafka, settings, group, LABELS) != ends:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the labels worker did not apply every label in "
+                               f"{timeout_s:.0f} s")
+        time.sleep(0.5)
+    watermark = LabelWatermark(redis_url, group, settings.partitions)
+    try:
+        for partition in range(settings.partitions):
+            watermark.advance(partition, float(last_time + 1))
+    finally:
+        watermark.close()
+
+
+def _committed(kafka: str, settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """The committed offset of each partition of ``topic`` for ``group`` (0 for none)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer({**settings.kafka.client_config(kafka), "group.id": group,
+                         "enable.auto.commit": False})
+    deadline = time.monotonic() + 60.0
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        while True:  # a fresh broker has no group coordinator for a few seconds
+            try:
+                committed = consumer.committed(
+                    [TopicPartition(topic, p) for p in partitions], timeout=10)
+                return {tp.partition: max(tp.offset, 0) for tp in committed}
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
 def _refuse_used_groups(kafka: str, settings: Settings, groups: list[str]) -> None:
     """Bootstrap primes a fresh factory; groups with committed offsets already hold state."""
-    from confluent_kafka import Consumer, TopicPartition
-
     from streams.topics import LABELS, TRANSACTIONS, ensure_topics
 
     ensure_topics(settings, kafka)
     for group, topic in zip(groups, (LABELS, TRANSACTIONS), strict=True):
-        consumer = Consumer({**settings.kafka.client_config(kafka), "group.id": group,
-                             "enable.auto.commit": False})
-        try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            committed = consumer.committed([TopicPartition(topic, p) for p in partitions],
-                                           timeout=10)
-        finally:
-            consumer.close()
-        if any(tp.offset >= 0 for tp in committed):
+        if any(_committed(kafka, settings, group, topic).values()):
             raise RuntimeError(f"consumer group {group!r} already has state: bootstrap primes "
                                "a fresh factory (use a new FACTORY_STATE_DIR with its own "
                                "services)")
@@ -240,7 +286,8 @@ def _report(f: dict) -> str:
         f"{t['card_precision_at_100']:.3f} |\n\n"
         f"- the stream's state primed by replaying the history: features of "
         f"{f['rows_equal_to_reference']:,} of {f['streamed_rows']:,} rows equal to the "
-        f"batch reference\n- took {f['seconds']:.0f} s\n"
+        "batch reference\n"
+        f"- took {f['seconds']:.0f} s\n"
     )
 
 

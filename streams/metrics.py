@@ -46,6 +46,11 @@ class WorkerMetrics:
             "Known time (event time, Unix s) up to which labels are applied, per partition",
             ["partition"], registry=r,
         )
+        self.waiting_for_labels = Gauge(
+            "factory_waiting_for_labels",
+            "1 while a strict batch waits for the labels known by its last event",
+            registry=r,
+        )
         self.label_staleness = Gauge(
             "factory_label_staleness_seconds",
             "Event time of the latest scored transaction minus the label watermark "

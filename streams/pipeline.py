@@ -60,6 +60,9 @@ class ScoringPipeline:
         self.features: OnlineFeatures | None = None
         self.scorer: TritonScorer | None = None
         self.watermark: LabelWatermark | None = None
+        # A strict batch waiting for labels that may never come (the end of a replay):
+        # a stopping worker leaves it to its successor rather than wait for ever.
+        self.waiting_for_labels = False
         self.feature_log: FeatureLog | None = None
         self.router: ModelRouter | None = None
         self.worker_id = f"{config.app_id}:{os.uname().nodename}:{os.getpid()}"
@@ -227,14 +230,23 @@ class ScoringPipeline:
         live mode: export how far the labels are behind. Whether it waited."""
         assert self.watermark is not None
         waited = False
-        while True:
-            lag = latest_event_time - mark if mark is not None else float("inf")
-            self.metrics.label_staleness.set(max(0.0, lag) if mark is not None else -1)
-            if self.config.mode == "live" or (mark is not None and mark > latest_event_time):
-                return waited
-            await asyncio.sleep(0.02)
-            waited = True
-            mark = self.watermark.current()
+        try:
+            while True:
+                lag = latest_event_time - mark if mark is not None else float("inf")
+                self.metrics.label_staleness.set(max(0.0, lag) if mark is not None else -1)
+                if self.config.mode == "live" or (mark is not None
+                                                  and mark > latest_event_time):
+                    return waited
+                if not self.waiting_for_labels:
+                    self.waiting_for_labels = True
+                    self.metrics.waiting_for_labels.set(1)
+                await asyncio.sleep(0.02)
+                waited = True
+                mark = self.watermark.current()
+        finally:
+            if self.waiting_for_labels:
+                self.waiting_for_labels = False
+                self.metrics.waiting_for_labels.set(0)
 
     async def _score(self, batch: RecordBatch, rows: np.ndarray,
                      columns: dict[str, np.ndarray], card_features: np.ndarray) -> None:
