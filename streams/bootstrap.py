@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,7 +156,8 @@ def bootstrap(args: argparse.Namespace, settings: Settings) -> dict:
     run_dir = settings.state_dir / "bootstrap"
     run_dir.mkdir(parents=True, exist_ok=True)
     feature_log = settings.state_dir / "feature_log"
-    common = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)}, "offset_reset": "latest"}
+    common: dict[str, Any] = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)},
+                              "offset_reset": "latest"}
     workers = [
         WorkerProcess(settings, labels_group, role="labels", metrics_port=labels_port,
                       extra_args=["--batch-wait", "0.5", "--batch-max", "4096"],
