@@ -148,9 +148,16 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def _plain(value: Any) -> Any:
+    """A NumPy scalar (a gate check's ``numpy.bool``, a metric's ``float32``) as Python's."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_plain) + "\n")
 
 
 def published_dirs(repo_dir: Path | str, model_name: str = MODEL_NAME) -> list[int]:

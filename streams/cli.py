@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--days must be at least 45")
             size = JobSize(args.customers or 500, args.terminals or 1000, days,
                            test_days=(days - 7, days))
-            run_job(size, keep_up=args.keep_up)
+            run_job(size, keep_up=args.keep_up, triton_repo=Settings.from_env().triton_repo)
             return 0
         if args.command == "run":
             from streams.loop import LoopSize, run_loop
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                             seconds_per_day=args.seconds_per_day, parquet=args.parquet,
                             first_model_end_day=args.first_model_days,
                             compare_from_day=args.compare_from_day)
-            run_loop(loop, keep_up=args.keep_up)
+            run_loop(loop, keep_up=args.keep_up, triton_repo=Settings.from_env().triton_repo)
             return 0
         stack = Stack(Settings.from_env())
         if args.command == "up":

@@ -221,7 +221,8 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (run_dir / "model-events.jsonl").write_text(
             "".join(json.dumps(e, default=str) + "\n" for e in events))
-        text = report_markdown(figures)
+        text = report_markdown(figures, known_drift=size.parquet is None
+                               or size.compare_from_day is not None)
         text += (f"\nscored {summary['scored']:,} of {len(frame):,} transactions "
                  f"({summary['duplicates']} duplicates, {summary['skew_rows']} rows whose "
                  f"features differ from the batch reference) in {wall:.0f} s")

@@ -187,13 +187,16 @@ def plot_loop(frame: pd.DataFrame, frozen_scores: np.ndarray, drift_start_day: i
     plt.close(figure)
 
 
-def report_markdown(figures: LoopFigures) -> str:
-    """The short report printed at the end of a run and kept in its folder."""
+def report_markdown(figures: LoopFigures, known_drift: bool = True) -> str:
+    """The short report printed at the end of a run and kept in its folder; without a
+    ``known_drift`` (a team's own data) the comparison starts where the first model ended."""
+    since = "drift from" if known_drift else "compared from"
+    after = "after the drift" if known_drift else f"from day {figures.drift_start_day}"
     lines = [
-        f"drift from event day {figures.drift_start_day}: "
+        f"{since} event day {figures.drift_start_day}: "
         f"{figures.post_drift_rows:,} transactions, {figures.post_drift_frauds:,} frauds after it",
         "",
-        "| after the drift | served (loop) | first model frozen | gain |",
+        f"| {after} | served (loop) | first model frozen | gain |",
         "|---|---|---|---|",
         f"| average precision | {figures.adaptive_average_precision:.3f} | "
         f"{figures.frozen_average_precision:.3f} | {figures.ap_gain:.2f}x |",

@@ -163,3 +163,15 @@ def test_processes_reserve_distinct_versions(tmp_path: Path) -> None:
         worker.join(timeout=60)
         assert worker.exitcode == 0
     assert sorted(versions) == list(range(1, 46))
+
+
+def test_gate_records_with_numpy_values_are_written_as_plain_json(tmp_path: Path) -> None:
+    import numpy as np
+
+    registry = Registry(tmp_path)
+    registry.record(ModelVersion(1, trigger="initial"))
+    registry.record_gate(1, {"passed": np.bool_(True), "checks": {"calibration": np.bool_(False)},
+                             "ece": np.float32(0.25), "rows": np.int64(7)})
+    gate = json.loads((tmp_path / "versions" / "1.json").read_text())["gate"]
+    assert gate == {"passed": True, "checks": {"calibration": False}, "ece": 0.25, "rows": 7}
+    assert registry.get(1).gate == gate
