@@ -219,13 +219,13 @@ def _close_the_history(kafka: str, redis_url: str, settings: Settings, group: st
     T = ``last_time`` + 1 s on every partition, so a strict scorer scores the history to
     its end instead of waiting for the first label after it.
     """
-    from streams.clients import topic_end_offsets
+    from streams.clients import committed_offsets, topic_end_offsets
     from streams.topics import LABELS
     from streams.watermark import LabelWatermark
 
     ends = topic_end_offsets(kafka, settings, LABELS)
     deadline = time.monotonic() + timeout_s
-    while _committed(kafka, settings, group, LABELS) != ends:
+    while committed_offsets(kafka, settings, group, LABELS) != ends:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the labels worker did not apply every label in "
                                f"{timeout_s:.0f} s")
@@ -238,35 +238,14 @@ def _close_the_history(kafka: str, redis_url: str, settings: Settings, group: st
         watermark.close()
 
 
-def _committed(kafka: str, settings: Settings, group: str, topic: str) -> dict[int, int]:
-    """The committed offset of each partition of ``topic`` for ``group`` (0 for none)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    consumer = Consumer({**settings.kafka.client_config(kafka), "group.id": group,
-                         "enable.auto.commit": False})
-    deadline = time.monotonic() + 60.0
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        while True:  # a fresh broker has no group coordinator for a few seconds
-            try:
-                committed = consumer.committed(
-                    [TopicPartition(topic, p) for p in partitions], timeout=10)
-                return {tp.partition: max(tp.offset, 0) for tp in committed}
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-    finally:
-        consumer.close()
-
-
 def _refuse_used_groups(kafka: str, settings: Settings, groups: list[str]) -> None:
     """Bootstrap primes a fresh factory; groups with committed offsets already hold state."""
+    from streams.clients import committed_offsets
     from streams.topics import LABELS, TRANSACTIONS, ensure_topics
 
     ensure_topics(settings, kafka)
     for group, topic in zip(groups, (LABELS, TRANSACTIONS), strict=True):
-        if any(_committed(kafka, settings, group, topic).values()):
+        if any(committed_offsets(kafka, settings, group, topic).values()):
             raise RuntimeError(f"consumer group {group!r} already has state: bootstrap primes "
                                "a fresh factory (use a new FACTORY_STATE_DIR with its own "
                                "services)")

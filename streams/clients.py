@@ -144,6 +144,30 @@ def topic_end_offsets(bootstrap: str, settings: Settings, topic: str) -> dict[in
         consumer.close()
 
 
+def committed_offsets(bootstrap: str, settings: Settings, group: str,
+                      topic: str) -> dict[int, int]:
+    """The offset ``group`` has committed on each partition of ``topic`` (0 for none)."""
+    from confluent_kafka import KafkaException
+
+    consumer = Consumer({**settings.kafka.client_config(bootstrap), "group.id": group,
+                         "enable.auto.commit": False})
+    deadline = time.monotonic() + 60.0
+    try:
+        partitions = [TopicPartition(topic, p) for p in _partitions(consumer, topic)]
+        while True:
+            try:
+                return {tp.partition: max(tp.offset, 0)
+                        for tp in consumer.committed(partitions, timeout=10)}
+            except KafkaException:
+                # A broker that just started may not have elected the group's
+                # coordinator yet.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
 def pin_new_group(bootstrap: str, settings: Settings, group: str, topic: str) -> bool:
     """Commit ``topic``'s current end offsets for ``group`` unless it has committed ones.
 
