@@ -202,7 +202,8 @@ class Service:
         events: list[dict[str, Any]] = []
         if self.retrainer is not None:
             events = [e for e in self.retrainer.events.sent if e["event"] != "drift_check"]
-        recent = ", ".join(f"{e['event']} v{e.get('version', '?')}" for e in events[-3:])
+        recent = ", ".join(e["event"] + (f" v{e['version']}" if "version" in e else "")
+                           for e in events[-3:])
         return (f"[{time.strftime('%H:%M:%S')}] scored {now.scored:,.0f} ({rate:,.0f}/s), "
                 f"labels {now.labels:,.0f} ({label_rate:,.0f}/s), lag {now.lag:,.0f}, "
                 f"dead letters {now.dead:,.0f}, Triton errors {now.triton_errors:,.0f}; "
