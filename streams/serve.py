@@ -116,8 +116,10 @@ class Service:
         ]
         for worker in self.workers:
             worker.start(self.endpoints.kafka)
-            print(f"serve: {worker.role} worker up (group {worker.app_id}, metrics "
-                  f"127.0.0.1:{worker.metrics_port}, log {worker.log_path})", flush=True)
+            assert worker.proc is not None
+            print(f"serve: {worker.role} worker up (pid {worker.proc.pid}, group "
+                  f"{worker.app_id}, metrics 127.0.0.1:{worker.metrics_port}, log "
+                  f"{worker.log_path})", flush=True)
         if not self.args.no_retrainer:
             self.start_retrainer()
 
@@ -173,6 +175,9 @@ class Service:
                 print(f"serve: the {worker.role} worker exited; restarting it (see "
                       f"{worker.log_path})", flush=True)
                 worker.start(self.endpoints.kafka)
+                assert worker.proc is not None
+                print(f"serve: the {worker.role} worker is up again (pid {worker.proc.pid})",
+                      flush=True)
 
     def status_line(self) -> str:
         from streams.router import ModelRouter

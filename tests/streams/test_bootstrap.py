@@ -1,10 +1,12 @@
 """A team's own data: ``factory bootstrap`` on a history with a drift, then ``factory serve``
-scoring its continuation, with the commands as typed, on a stack of its own."""
+scoring its continuation (after restarting its scoring worker, killed with ``kill -9``),
+with the commands as typed, on a stack of its own."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -72,6 +74,13 @@ def test_bootstrap_then_serve_continues_the_history_with_the_batch_reference_fea
     while "serve: running" not in log.read_text():
         assert serve.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+    # serve restarts a worker that dies; the new one restores the bootstrap's state.
+    pid = int(re.search(r"serve: score worker up \(pid (\d+)", log.read_text()).group(1))  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGKILL)
+    while "serve: the score worker is up again" not in log.read_text():
+        assert serve.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline + 180, log.read_text()[-3000:]
         time.sleep(1)
     shell("replay", "--parquet", str(tmp_path / "history.parquet"), "--from", until, "--quiet")
     wanted = set(world["TRANSACTION_ID"].tolist())
