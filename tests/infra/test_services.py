@@ -44,6 +44,25 @@ def test_up_twice_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> Non
     stack.down(echo=False)  # down twice is harmless too
 
 
+def test_the_local_redis_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
+    import redis
+
+    stack = Stack(fresh_settings(tmp_path))
+    try:
+        url = stack.up(["redis"], echo=False).redis
+        client = redis.Redis.from_url(url)
+        client.hset("factory:router:fraud_detector", mapping={"serving": 3, "generation": 7})
+        client.close()
+        stack.down(["redis"], echo=False)
+        stack.up(["redis"], echo=False)
+        client = redis.Redis.from_url(url)
+        assert client.hgetall("factory:router:fraud_detector") == {
+            b"serving": b"3", b"generation": b"7"}
+        client.close()
+    finally:
+        stack.down(echo=False)
+
+
 def test_a_taken_port_gives_one_clear_line(tmp_path: Path) -> None:
     settings = fresh_settings(tmp_path)
     with socket.socket() as squatter:
