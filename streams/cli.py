@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         stack = Stack(Settings.from_env())
         if args.command == "up":
-            stack.up(args.services or None)
+            endpoints = stack.up(args.services or None)
+            if "triton" in stack.services and (not args.services or "triton" in args.services):
+                _load_routed_versions(stack.settings, endpoints.redis, endpoints.triton)
         elif args.command == "down":
             stack.down(args.services or None)
         else:
@@ -126,6 +128,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"factory: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _load_routed_versions(settings: Settings, redis_url: str, triton_url: str) -> None:
+    """A local Triton starts with what the route serves (the registry's champion when
+    Redis has no route) loaded: one pass of the serving guard. Nothing before a first
+    champion exists; a failure is reported, and the guard of ``factory serve`` retries."""
+    from models.registry import Registry
+    from streams.serving_guard import triton_guard
+
+    if Registry(settings.model_registry_dir).champion() is None:
+        return
+    guard = triton_guard(redis_url=redis_url, triton_urls=[triton_url],
+                         registry_dir=settings.model_registry_dir,
+                         repo_dir=settings.triton_repo)
+    try:
+        report = guard.check()
+    except Exception as exc:  # noqa: BLE001 - the services are up; serving is retried
+        print(f"{'triton':<11} routed versions not loaded: {exc}", flush=True)
+        return
+    finally:
+        guard.router.close()
+    if report.route is not None:
+        shadow = f", shadow v{report.route.shadow}" if report.route.shadow else ""
+        state = "loaded" if report.ready else f"NOT loaded ({report.failed})"
+        print(f"{'triton':<11} serving v{report.route.serving}{shadow} {state}", flush=True)
 
 
 def _model_parser() -> argparse.ArgumentParser:
@@ -423,6 +450,9 @@ def _retrainer_parser() -> argparse.ArgumentParser:
                              "else triton_repo/)")
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between steps")
     parser.add_argument("--once", action="store_true", help="one step, then exit")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="do not run the serving guard (which keeps the routed versions "
+                             "loaded in Triton) beside the retrainer")
     parser.add_argument("--log-level", default="info",
                         choices=("error", "warning", "info", "debug"))
     return parser
@@ -437,7 +467,7 @@ def retrainer_main(argv: list[str]) -> int:
 
     from prometheus_client import start_http_server
 
-    from streams.model_events import RetrainerMetrics
+    from streams.model_events import ModelEvents, RetrainerMetrics
     from streams.retrain_policy import TriggerPolicy
     from streams.retrainer import RetrainerConfig, connect
     from streams.swap import SwapConfig
@@ -473,8 +503,18 @@ def retrainer_main(argv: list[str]) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    guard = None
+    if not args.no_guard:
+        from streams.serving_guard import GuardMetrics, triton_guard
+
+        guard = triton_guard(redis_url=endpoints.redis, triton_urls=[endpoints.triton],
+                             registry_dir=settings.model_registry_dir, repo_dir=args.repo,
+                             events=ModelEvents(endpoints.kafka, settings, metrics),
+                             metrics=GuardMetrics(metrics.registry)).start(stop)
     retrainer.run(stop)
     retrainer.close()
+    if guard is not None:
+        guard.join(timeout=30)
     return 0
 
 

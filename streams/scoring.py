@@ -106,7 +106,7 @@ class ReviewBudget:
 class TritonScorer:
     """Async gRPC client of ``fraud_detector``; retries with backoff and never drops a batch."""
 
-    def __init__(self, url: str, model: str = MODEL_NAME, max_backoff_s: float = 5.0,
+    def __init__(self, url: str, model: str = MODEL_NAME, max_backoff_s: float = 2.0,
                  on_error=None, request_rows: int = 1024,  # noqa: ANN001 - plain callback
                  in_flight: int = 4) -> None:
         import tritonclient.grpc.aio as grpcclient

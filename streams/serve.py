@@ -30,6 +30,7 @@ from streams.settings import Settings
 
 if TYPE_CHECKING:
     from streams.retrainer import Retrainer
+    from streams.serving_guard import ServingGuard
     from streams.worker import WorkerProcess
 
 log = logging.getLogger("streams.serve")
@@ -88,6 +89,8 @@ class Service:
         self.stop = threading.Event()
         self.last = Status(at=time.monotonic())
         self.restarts = 0
+        self.guard: ServingGuard | None = None
+        self.guard_thread: threading.Thread | None = None
 
     def start(self) -> None:
         from infra.local.manager import Stack
@@ -120,6 +123,8 @@ class Service:
             print(f"serve: {worker.role} worker up (pid {worker.proc.pid}, group "
                   f"{worker.app_id}, metrics 127.0.0.1:{worker.metrics_port}, log "
                   f"{worker.log_path})", flush=True)
+        self.start_metrics()
+        self.start_guard()
         if not self.args.no_retrainer:
             self.start_retrainer()
 
@@ -143,23 +148,44 @@ class Service:
             router.close()
         return champion
 
-    def start_retrainer(self) -> None:
+    def start_metrics(self) -> None:
+        """The retrainer's and the serving guard's metrics on one port (Prometheus job
+        ``factory-retrainer``)."""
         from prometheus_client import start_http_server
 
         from streams.model_events import RetrainerMetrics
         from streams.retrain_policy import TriggerPolicy
-        from streams.retrainer import RetrainerConfig, connect
+        from streams.retrainer import RetrainerConfig
 
-        config = RetrainerConfig(
+        self.config = RetrainerConfig(
             feature_log=self.feature_log, repo_dir=self.args.repo,
             gate_days=self.args.gate_days,
             trigger=TriggerPolicy(schedule_days=self.args.schedule_days or None))
-        metrics = RetrainerMetrics(drift_hold_seconds=config.thresholds.cooldown_seconds)
+        self.metrics = RetrainerMetrics(
+            drift_hold_seconds=self.config.thresholds.cooldown_seconds)
         start_http_server(self.settings.retrainer_metrics_port, addr="127.0.0.1",
-                          registry=metrics.registry)
+                          registry=self.metrics.registry)
+
+    def start_guard(self) -> None:
+        """The serving guard (:mod:`streams.serving_guard`) on a thread of its own."""
+        from streams.model_events import ModelEvents
+        from streams.serving_guard import GuardMetrics, triton_guard
+
+        self.guard = triton_guard(
+            redis_url=self.endpoints.redis, triton_urls=[self.endpoints.triton],
+            registry_dir=self.settings.model_registry_dir, repo_dir=self.args.repo,
+            events=ModelEvents(self.endpoints.kafka, self.settings, self.metrics),
+            metrics=GuardMetrics(self.metrics.registry))
+        self.guard_thread = self.guard.start(self.stop)
+        print(f"serve: serving guard watching {self.endpoints.triton}", flush=True)
+
+    def start_retrainer(self) -> None:
+        from streams.retrainer import connect
+
         retrainer = self.retrainer = connect(
-            config, self.settings, kafka=self.endpoints.kafka, redis_url=self.endpoints.redis,
-            triton_url=self.endpoints.triton, metrics=metrics)
+            self.config, self.settings, kafka=self.endpoints.kafka,
+            redis_url=self.endpoints.redis, triton_url=self.endpoints.triton,
+            metrics=self.metrics)
         retrainer.start()
         self.thread = threading.Thread(target=retrainer.run, args=(self.stop,),
                                        name="retrainer", daemon=True)
@@ -205,8 +231,10 @@ class Service:
         serving = ("none" if route is None else
                    f"v{route.serving}" + (f" (shadow v{route.shadow})" if route.shadow else ""))
         events: list[dict[str, Any]] = []
-        if self.retrainer is not None:
-            events = [e for e in self.retrainer.events.sent if e["event"] != "drift_check"]
+        for source in (self.retrainer, self.guard):
+            if source is not None and source.events is not None:
+                events += [e for e in source.events.sent if e["event"] != "drift_check"]
+        events.sort(key=lambda e: e.get("at", 0.0))
         recent = ", ".join(e["event"] + (f" v{e['version']}" if "version" in e else "")
                            for e in events[-3:])
         return (f"[{time.strftime('%H:%M:%S')}] scored {now.scored:,.0f} ({rate:,.0f}/s), "
@@ -230,6 +258,8 @@ class Service:
         self.stop.set()
         if self.thread is not None:
             self.thread.join(timeout=120)
+        if self.guard_thread is not None:
+            self.guard_thread.join(timeout=30)
         if self.retrainer is not None:
             self.retrainer.close()
         for worker in reversed(self.workers):

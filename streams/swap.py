@@ -112,7 +112,7 @@ def triton_ready_versions(triton_url: str, model: str = MODEL_NAME) -> list[int]
     import tritonclient.grpc as grpcclient
 
     with grpcclient.InferenceServerClient(url=triton_url) as client:
-        index = client.get_model_repository_index(as_json=True)
+        index = client.get_model_repository_index(as_json=True, client_timeout=10.0)
     return sorted(int(m["version"]) for m in index.get("models", [])
                   if m.get("name") == model and m.get("state") == "READY" and "version" in m)
 

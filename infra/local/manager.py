@@ -83,6 +83,8 @@ class Stack:
                                       for i in (0, 1)]}
         if triton_metrics:
             targets["triton"] = [triton_metrics]
+        # The retrainer and serving guard of `factory serve` / `factory retrainer`.
+        targets["factory-retrainer"] = [f"127.0.0.1:{settings.retrainer_metrics_port}"]
         webhook = settings.alert_webhook_url.get() if settings.alert_webhook_url else None
         self.services["alertmanager"] = AlertmanagerService(
             state, ports={"web": settings.alertmanager_port}, webhook_url=webhook

@@ -20,7 +20,7 @@ RULE_TESTS = sorted((RULES_DIR / "tests").glob("*.yml"))
 ALERTS = {
     "FactoryDriftDetected", "FactoryChallengerRejected", "FactoryModelRollback",
     "FactoryConsumerLagHigh", "FactoryDeadLetterRateHigh", "FactoryScoringLatencyP99High",
-    "FactoryTritonErrors", "FactoryNoEventsScored",
+    "FactoryTritonErrors", "FactoryNoEventsScored", "FactoryServingModelDown",
 }
 
 
