@@ -80,6 +80,7 @@ class BatchLoop:
         self._in_flight: asyncio.Task[None] | None = None
         self._caught_up: set[int] = set()
         self._caught_up_checked = 0.0
+        self._store_checked = 0.0
 
     @property
     def topic(self) -> str:
@@ -101,6 +102,7 @@ class BatchLoop:
                     await self._handle(batch)
                 if self._waiting_to_catch_up():
                     await self._mark_caught_up()
+                await self._check_store()
                 if self.pending and self._in_flight is None and (
                         self.pending_records >= self.commit_every
                         or time.monotonic() - self.last_checkpoint >= self.commit_interval_s):
@@ -181,6 +183,28 @@ class BatchLoop:
                 await asyncio.to_thread(self.state.restore, [p])
             caught_up(p, self.state.table(p))
             self._caught_up.add(p)
+
+    async def _check_store(self) -> None:
+        """Once a commit interval: each owned partition whose state the online store does
+        not hold (``pipeline.store_missing``, :mod:`streams.store_marks`) has its whole
+        table pushed again (``pipeline.restore_store``), its state restored first."""
+        missing_of = getattr(self.pipeline, "store_missing", None)
+        now = time.monotonic()
+        if (missing_of is None or not self.buffer.owned
+                or now - self._store_checked < self.commit_interval_s):
+            return
+        self._store_checked = now
+        try:
+            missing = await asyncio.to_thread(missing_of, sorted(self.buffer.owned))
+            for p in missing:
+                if not self.state.owns(p):
+                    await asyncio.to_thread(self.state.restore, [p])
+                clock = time.perf_counter()
+                await asyncio.to_thread(self.pipeline.restore_store,  # type: ignore[attr-defined]
+                                        p, self.state.table(p))
+                self.metrics.stage("restore_online_store", clock)
+        except Exception:  # noqa: BLE001 - Redis may be down; checked again next interval
+            log.exception("%s: checking the online store failed; trying again", self.topic)
 
     def _reset_now(self) -> None:
         """Forget everything not checkpointed (no checkpoint in flight)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from streams.features import TERMINAL_DTYPE, terminal_arrays, update_terminal_hi
 from streams.metrics import WorkerMetrics
 from streams.records import parse_labels
 from streams.state import ChangelogState
+from streams.store_marks import StoreMarks
 from streams.terminal_batch import terminal_features_batch, update_terminal_histories
 from streams.watermark import LabelWatermark
 
@@ -39,6 +41,7 @@ class LabelPipeline:
         self.started = asyncio.Event()
         self.features: OnlineFeatures | None = None
         self.watermark: LabelWatermark | None = None
+        self.marks: StoreMarks | None = None
 
     async def start(self) -> None:
         store = await asyncio.to_thread(open_store, self.config.redis_url)
@@ -46,6 +49,7 @@ class LabelPipeline:
         self.watermark = LabelWatermark(self.config.redis_url, self.config.watermark_group,
                                         self.config.settings.partitions)
         self.watermark.reset()
+        self.marks = StoreMarks(self.watermark.client, self.config.watermark_group)
         self.started.set()
 
     async def process(self, batch: RecordBatch) -> None:
@@ -134,6 +138,33 @@ class LabelPipeline:
             self.watermark.advance(partition, latest)
             self.metrics.label_watermark.labels(str(partition)).set(latest)
             log.info("labels partition %d caught up; watermark %.0f", partition, latest)
+
+    def store_missing(self, partitions: list[int]) -> list[int]:
+        """Owned partitions whose terminal state the online store does not hold (a Redis
+        restarted empty, or this group's first start)."""
+        assert self.marks is not None
+        return self.marks.missing(partitions)
+
+    def restore_store(self, partition: int, table: dict[int, bytes],
+                      chunk: int = 2000) -> None:
+        """Push every terminal of ``partition`` to Feast, advance its watermark to the
+        latest known time in the table, then mark it (:mod:`streams.store_marks`)."""
+        assert self.watermark is not None and self.marks is not None
+        terminals = [t for t, state in table.items() if state]
+        latest_known = -np.inf
+        for start in range(0, len(terminals), chunk):
+            part = terminals[start:start + chunk]
+            states = [table[t] for t in part]
+            latest = np.array([float(np.frombuffer(state, dtype=TERMINAL_DTYPE)["known_at"].max())
+                               for state in states])
+            self._push([(partition, t) for t in part], states, latest)
+            latest_known = max(latest_known, float(latest.max()))
+        if np.isfinite(latest_known):
+            self.watermark.advance(partition, latest_known)
+            self.metrics.label_watermark.labels(str(partition)).set(latest_known)
+        self.marks.mark(partition, f"{self.config.app_id} pid {os.getpid()}")
+        log.info("labels partition %d: %d terminals pushed to the online store (its copy "
+                 "was missing)", partition, len(terminals))
 
     def cut(self) -> None:
         """Nothing is kept for a checkpoint besides the changelog."""

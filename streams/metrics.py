@@ -51,6 +51,14 @@ class WorkerMetrics:
             "1 while a strict batch waits for the labels known by its last event",
             registry=r,
         )
+        self.waiting_for_state = Gauge(
+            "factory_waiting_for_lost_state",
+            "1 while scoring waits for shared state that Redis lost to be restored: the "
+            "model route, or the terminal label state of the online store",
+            ["state"], registry=r,
+        )
+        for state in ("route", "labels"):
+            self.waiting_for_state.labels(state).set(0)
         self.label_staleness = Gauge(
             "factory_label_staleness_seconds",
             "Event time of the latest scored transaction minus the label watermark "

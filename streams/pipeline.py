@@ -24,6 +24,7 @@ from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
 from streams.feature_log import FeatureLog
 from streams.features import (
+    CARD_DTYPE,
     terminal_window_features,
     transaction_flags_batch,
     update_card_history,
@@ -33,6 +34,7 @@ from streams.records import encode_scores, parse_transactions
 from streams.router import ROUTE_FIELDS, ModelRouter, Route
 from streams.scoring import TritonScorer
 from streams.state import ChangelogState
+from streams.store_marks import StoreMarks, marks_key
 from streams.terminal_batch import terminal_features_batch
 from streams.topics import SCORES
 from streams.watermark import LabelWatermark
@@ -72,6 +74,11 @@ class ScoringPipeline:
         self._acked = -1
         self._acked_at = 0.0
         self._one_round_trip = False
+        self.marks: StoreMarks | None = None
+        # What this worker has seen of the shared state: once the route, or a label
+        # mark for every partition, was there, its absence means Redis lost it.
+        self._route_seen = False
+        self._labels_marked_seen = False
 
     async def start(self) -> None:
         store = await asyncio.to_thread(open_store, self.config.redis_url)
@@ -90,6 +97,8 @@ class ScoringPipeline:
                                         self.config.settings.partitions)
         self.feature_log = FeatureLog(self.config.log_dir, self.features.order)
         self.router = ModelRouter(self.config.redis_url)
+        self.marks = StoreMarks(self.router.client, self.config.app_id)
+        self.labels_marks_key = marks_key(self.config.watermark_group)
         serves = getattr(self.features, "serves", None)
         self._one_round_trip = serves is not None and serves(self.router.client)
         await self.refresh_version(force=True)
@@ -107,7 +116,10 @@ class ScoringPipeline:
         assert self.scorer is not None and self.router is not None
         if read:
             route = self.router.route()
+        if route is None and self._route_seen:
+            route = await self._wait_for_route()
         if route is not None:
+            self._route_seen = True
             if (route.serving, route.shadow) != (self.version, self.shadow):
                 log.info("routing to model version %d (shadow %d, generation %d)",
                          route.serving, route.shadow, route.generation)
@@ -135,6 +147,82 @@ class ScoringPipeline:
             self.version = versions[-1]
             self.shadow = 0
             self.metrics.model_version.set(self.version)
+
+    async def _wait_for_route(self) -> Route:
+        """The route was there and is gone (a Redis restarted empty): score nothing until
+        it is restored from the registry (the serving guard does, :mod:`streams.serving_guard`),
+        rather than guess a version."""
+        assert self.router is not None
+        log.error("the model route is gone from Redis (restarted empty?); scoring waits "
+                  "until it is restored from the registry (factory serve's serving guard "
+                  "does this)")
+        self.metrics.waiting_for_state.labels("route").set(1)
+        try:
+            while (route := self.router.route()) is None:
+                await asyncio.sleep(0.2)
+        finally:
+            self.metrics.waiting_for_state.labels("route").set(0)
+        log.warning("the model route is back (version %d); scoring resumes", route.serving)
+        return route
+
+    async def _wait_for_label_state(self, marked: int) -> bool:
+        """Once every labels partition was marked as in the online store, fewer marks
+        mean the terminal label state is gone (a Redis restarted empty): wait until the
+        labels worker has pushed it again, rather than score on a half-empty store.
+        Whether it waited (the caller reads the labels again)."""
+        partitions = self.config.settings.partitions
+        if marked >= partitions:
+            self._labels_marked_seen = True
+            return False
+        if not self._labels_marked_seen:
+            return False  # a first start: the labels worker has not marked them yet
+        assert self.router is not None
+        log.error("the online store lost the terminal label state (%d of %d labels "
+                  "partitions marked; Redis restarted empty?); scoring waits until the "
+                  "labels worker has pushed it again", marked, partitions)
+        self.metrics.waiting_for_state.labels("labels").set(1)
+        try:
+            while int(self.router.client.hlen(self.labels_marks_key)) < partitions:
+                await asyncio.sleep(0.2)
+        finally:
+            self.metrics.waiting_for_state.labels("labels").set(0)
+        log.warning("the terminal label state is back in the online store; scoring resumes")
+        return True
+
+    def store_missing(self, partitions: list[int]) -> list[int]:
+        """Owned partitions whose card state the online store's card view does not hold."""
+        assert self.marks is not None
+        return self.marks.missing(partitions)
+
+    def restore_store(self, partition: int, table: dict[int, bytes],
+                      chunk: int = 2000) -> None:
+        """Push the card view of every card of ``partition`` (its windows at its latest
+        transaction, computed again from its state: a transaction found in its card's
+        history gets the same features), then mark the partition."""
+        assert self.features is not None and self.marks is not None
+        cards = [c for c, state in table.items() if state]
+        for start in range(0, len(cards), chunk):
+            part = cards[start:start + chunk]
+            last = np.array([np.frombuffer(table[c], dtype=CARD_DTYPE)[-1] for c in part],
+                            dtype=CARD_DTYPE)
+            rows = []
+            for i, card in enumerate(part):
+                try:
+                    _, row = update_card_history(table[card], float(last["event_time"][i]),
+                                                 float(last["amount"][i]),
+                                                 int(last["tx_id"][i]))
+                except Exception:  # noqa: BLE001 - a state that cannot be replayed
+                    log.warning("card %d: its view cannot be computed again; left out", card)
+                    continue
+                rows.append((card, float(last["event_time"][i]), row))
+            if rows:
+                self.features.push_card_activity(
+                    np.array([r[0] for r in rows], dtype=np.int64),
+                    np.array([r[1] for r in rows]), np.array([r[2] for r in rows]))
+        self.marks.mark(partition, self.worker_id)
+        log.info("transactions partition %d: %d cards pushed to the online store (not "
+                 "marked there: a first start, or a store that lost its data)", partition,
+                 len(cards))
 
     async def process(self, batch: RecordBatch) -> None:
         """Validate, featurise, score and emit one micro-batch (outputs produced, not yet
@@ -216,14 +304,16 @@ class ScoringPipeline:
             log.warning("shadow version %d failed (%s); its scores are left out", shadow, exc)
             return np.full(len(features), np.nan)
 
-    def _route_and_label_mark(self) -> tuple[Route | None, float | None]:
-        """The route and the label watermark, in one Redis round trip."""
+    def _route_and_label_mark(self) -> tuple[Route | None, float | None, int]:
+        """The route, the label watermark and the count of labels partitions marked as
+        in the store, in one Redis round trip."""
         assert self.router is not None and self.watermark is not None
         pipe = self.router.client.pipeline(transaction=False)
         pipe.hmget(self.router.key, ROUTE_FIELDS)
         pipe.hgetall(self.watermark.key)
-        route, marks = pipe.execute()
-        return self.router.parse_route(route), self.watermark.parse(marks)
+        pipe.hlen(self.labels_marks_key)
+        route, marks, marked = pipe.execute()
+        return self.router.parse_route(route), self.watermark.parse(marks), int(marked)
 
     async def _wait_for_labels(self, latest_event_time: float, mark: float | None) -> bool:
         """Strict mode: wait until every label known by the batch's last event is applied;
@@ -266,21 +356,26 @@ class ScoringPipeline:
         if self._one_round_trip:
             # The card push, the route, the label watermark and the terminals' label
             # arrays: one Redis round trip a batch.
-            (route_raw, marks), labels = self.features.scoring_round_trip(
+            (route_raw, marks, marked), labels = self.features.scoring_round_trip(
                 [(b"HMGET", self.router.key, *ROUTE_FIELDS),
-                 (b"HGETALL", self.watermark.key)],
+                 (b"HGETALL", self.watermark.key), (b"HLEN", self.labels_marks_key)],
                 card_ids[last], times[last], card_features[last], columns["terminal_id"])
             route = self.router.parse_route(route_raw)
             mark = self.watermark.parse(dict(zip(marks[::2], marks[1::2], strict=True)))
             clock = self.metrics.stage("redis_round_trip", clock)
-            if await self._wait_for_labels(float(times.max()), mark):
+            lost = await self._wait_for_label_state(int(marked))
+            if lost:
+                mark = self.watermark.current()
+            if await self._wait_for_labels(float(times.max()), mark) or lost:
                 labels = self.features.read_terminal_labels(columns["terminal_id"])
             clock = self.metrics.stage("wait_for_labels", clock)
         else:
             push = asyncio.create_task(asyncio.to_thread(
                 self.features.push_card_activity, card_ids[last], times[last],
                 card_features[last]))
-            route, mark = self._route_and_label_mark()
+            route, mark, marked = self._route_and_label_mark()
+            if await self._wait_for_label_state(marked):
+                mark = self.watermark.current()
             await self._wait_for_labels(float(times.max()), mark)
             clock = self.metrics.stage("wait_for_labels", clock)
             labels = self.features.read_terminal_labels(columns["terminal_id"])
