@@ -27,6 +27,11 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_INT = 2**63 - 1
+"""Ids are 64-bit signed integers: anything larger is an invalid value."""
+MAX_NUMBER = {"event_time": 4102444800.0, "known_at": 4102444800.0, "amount": 1e12}
+"""Upper bounds of numeric fields (times before 2100-01-01 UTC, amounts under 10**12):
+a larger value is an invalid value, never a feature computed on infinity."""
 
 Decision = Literal["approve", "review", "block"]
 
@@ -36,7 +41,8 @@ class ValidationError(ValueError):
 
     ``kind`` is a stable machine-readable class of the error (``payload_too_large``,
     ``not_json``, ``not_an_object``, ``unknown_schema_version``, ``missing_field``,
-    ``wrong_type``, ``invalid_value``).
+    ``wrong_type``, ``invalid_value``, and ``key_mismatch`` for a transaction whose
+    message key is not its card id).
     """
 
     def __init__(self, kind: str, message: str) -> None:
@@ -84,6 +90,8 @@ def _int(value: dict[str, Any], name: str, minimum: int = 0) -> int:
         )
     if item < minimum:
         raise ValidationError("invalid_value", f"field '{name}' must be >= {minimum}, got {item}")
+    if item > MAX_INT:
+        raise ValidationError("invalid_value", f"field '{name}' must be < 2**63, got {item}")
     return item
 
 
@@ -99,6 +107,10 @@ def _number(value: dict[str, Any], name: str, minimum: float = 0.0) -> float:
     if number < minimum:
         raise ValidationError(
             "invalid_value", f"field '{name}' must be >= {minimum:g}, got {item}"
+        )
+    if number > MAX_NUMBER.get(name, math.inf):
+        raise ValidationError(
+            "invalid_value", f"field '{name}' must be <= {MAX_NUMBER[name]:g}, got {item}"
         )
     return number
 
@@ -240,7 +252,8 @@ def _columns_if_all_valid(decoded: list[Any], fields: tuple[str, ...],
             if int in types and any(type(x) is int and not 0 <= x < 2**53 for x in items):
                 return None
             column = np.array(items, dtype=np.float64)
-            if not (np.isfinite(column).all() and (column >= 0).all()):
+            if not (np.isfinite(column).all() and (column >= 0).all()
+                    and (column <= MAX_NUMBER.get(name, math.inf)).all()):
                 return None
         else:
             if types != {int}:

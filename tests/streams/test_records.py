@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from streams.records import MAX_PAYLOAD_BYTES, Label, Score, Transaction, ValidationError
+from streams.records import (
+    MAX_PAYLOAD_BYTES,
+    Label,
+    Score,
+    Transaction,
+    ValidationError,
+    parse_transactions,
+)
 
 VALID = {"v": 1, "tx_id": 42, "event_time": 1522540800, "card_id": 7,
          "terminal_id": 311, "amount": 57.16}
@@ -56,6 +63,12 @@ def test_zero_amount_and_extra_fields_are_accepted() -> None:
          "field 'terminal_id' must be >= 0"),
         (encode({**VALID, "pad": "x" * MAX_PAYLOAD_BYTES}), "payload_too_large",
          f"the limit is {MAX_PAYLOAD_BYTES}"),
+        (encode({**VALID, "tx_id": 10**30}), "invalid_value",
+         "field 'tx_id' must be < 2**63"),
+        (encode({**VALID, "amount": 1e300}), "invalid_value",
+         "field 'amount' must be <= 1e+12"),
+        (encode({**VALID, "event_time": 1e14}), "invalid_value",
+         "field 'event_time' must be <= 4.10244e+09"),
     ],
 )
 def test_malformed_transaction_is_rejected_with_reason(
@@ -79,3 +92,17 @@ def test_label_round_trip_and_fraud_flag_range() -> None:
 def test_score_round_trip() -> None:
     score = Score(42, 7, 1522540800.0, 0.25, "approve", 3, 4.5)
     assert Score.parse(score.to_json()) == score
+
+
+@pytest.mark.parametrize("change", [{"tx_id": 10**30}, {"card_id": 2**63},
+                                    {"amount": 1e300}, {"event_time": 1e14}])
+def test_a_huge_number_in_a_batch_is_one_dead_letter_and_the_rest_is_accepted(
+    change: dict,
+) -> None:
+    """A value beyond the columns' types used to fail the whole batch (an int64
+    overflow), which its worker then retried for ever."""
+    values = [encode({**VALID, "tx_id": i}) for i in range(5)]
+    values[2] = encode({**VALID, **change})
+    parsed = parse_transactions(values)
+    assert parsed.rows.tolist() == [0, 1, 3, 4]
+    assert [(row, error.kind) for row, error in parsed.errors] == [(2, "invalid_value")]
