@@ -86,6 +86,7 @@ class Received:
     headers: list[tuple[str, bytes]]
     partition: int
     offset: int
+    timestamp_ms: int = 0
 
 
 def consume(bootstrap: str, settings: Settings, topic: str, *,
@@ -115,7 +116,8 @@ def consume(bootstrap: str, settings: Settings, topic: str, *,
                     continue
                 received.append(Received(message.key(), message.value(),
                                          list(message.headers() or []),
-                                         message.partition(), message.offset()))
+                                         message.partition(), message.offset(),
+                                         message.timestamp()[1]))
             if progress and time.monotonic() - shown > 1.0:
                 shown = time.monotonic()
                 print(f"  {len(received):,} {progress} read", file=sys.stderr, flush=True)

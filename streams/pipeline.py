@@ -30,7 +30,7 @@ from streams.features import (
     update_card_history,
 )
 from streams.metrics import WorkerMetrics
-from streams.records import encode_scores, parse_transactions
+from streams.records import ValidationError, encode_scores, parse_transactions
 from streams.router import ROUTE_FIELDS, ModelRouter, Route
 from streams.scoring import TritonScorer
 from streams.state import ChangelogState
@@ -237,12 +237,33 @@ class ScoringPipeline:
         parsed = parse_transactions(batch.value)
         for row, error in parsed.errors:
             self.emitter.dead_letter(batch, row, "validate", error)
-        rows, columns = parsed.rows, parsed.columns
+        rows, columns = self._keyed_by_card(batch, parsed.rows, parsed.columns)
         if len(rows):
             rows, columns, card_features = self._card_features(batch, rows, columns)
         clock = self.metrics.stage("validate_and_card_features", clock)
         if len(rows):
             await self._score(batch, rows, columns, card_features)
+
+    def _keyed_by_card(self, batch: RecordBatch, rows: np.ndarray,
+                       columns: dict[str, np.ndarray]
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The valid transactions whose message key is their card id; the others are
+        dead-lettered (``key_mismatch``): a card's events must share its partition, where
+        its state lives, or its windows would be split."""
+        keys = batch.key
+        cards = columns["card_id"].tolist() if len(rows) else []
+        wrong = [i for i, (row, card) in enumerate(zip(rows.tolist(), cards, strict=True))
+                 if keys[row] != b"%d" % card]
+        if not wrong:
+            return rows, columns
+        for i in wrong:
+            key = keys[int(rows[i])]
+            self.emitter.dead_letter(batch, int(rows[i]), "validate", ValidationError(
+                "key_mismatch", f"message key {key!r} is not the card id {cards[i]} (a "
+                                "transaction is keyed by its card)"))
+        keep = np.ones(len(rows), dtype=bool)
+        keep[wrong] = False
+        return rows[keep], {name: column[keep] for name, column in columns.items()}
 
     def _card_features(self, batch: RecordBatch, rows: np.ndarray,
                        columns: dict[str, np.ndarray]
