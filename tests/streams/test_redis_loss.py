@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import publish_test_model
 from tests.streams.factory_shell import Shell, metrics, read_scores, shell, wait_ready
+from tests.streams.sink_checks import read_to_end
 from tests.streams.test_parity import assert_online_state, assert_parity
 
 __all__ = ["shell"]  # the fixture
@@ -118,10 +119,13 @@ def test_a_redis_restarted_empty_is_filled_again_before_scoring_and_features_sta
 
     producer.join()
     assert not failures, failures
-    records = read_scores(endpoints["kafka"], len(frame), timeout_s=300)
-    distinct = {r["tx_id"] for r in records}
-    assert distinct == set(frame["TRANSACTION_ID"].tolist()), "a transaction was not scored"
-    print(f"{len(records) - len(distinct)} duplicate scores after the Redis loss (counted)")
+    read_scores(endpoints["kafka"], len(frame), timeout_s=300)
+    assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+    shell.stop_all()  # serve's workers stop: everything they wrote is on the topics
+    ids = [json.loads(m.value)["tx_id"] for m in read_to_end(endpoints["kafka"], settings,
+                                                             "scores")]
+    assert set(ids) == set(frame["TRANSACTION_ID"].tolist()), "a transaction was not scored"
+    print(f"{len(ids) - len(set(ids))} duplicate scores after the Redis loss (counted)")
 
     logged = assert_parity(frame, settings.state_dir / "feature_log")
     assert_online_state(types.SimpleNamespace(endpoints=types.SimpleNamespace(
@@ -130,4 +134,3 @@ def test_a_redis_restarted_empty_is_filled_again_before_scoring_and_features_sta
     score_log = (settings.state_dir / "serve" / "score-worker.log").read_text()
     assert "lost the terminal label state" in score_log, score_log[-3000:]
     assert "the terminal label state is back" in score_log, score_log[-3000:]
-    assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]

@@ -19,7 +19,6 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
-from models.extra_features import SERVING_NAMES
 from models.gate import GateConfig
 from models.recipe import Recipe
 from models.registry import ModelVersion, Registry
@@ -28,14 +27,14 @@ from models.triton_config import MODEL_NAME
 from streams.clients import Received, consume, producer, topic_end_offsets
 from streams.feature_log import read_feature_log
 from streams.job import load_model
-from streams.producer import ReplayOptions, replay
 from streams.records import Score
-from streams.replay import Dataset
 from streams.retrain_policy import GateSplit, TriggerPolicy
 from streams.retrainer import Retrainer, RetrainerConfig, connect
 from streams.router import ModelRouter
 from streams.swap import SwapConfig, triton_ready_versions
 from streams.topics import MODEL_EVENTS, SCORES, TRANSACTIONS
+from tests.streams.feeds import HeldReplay
+from tests.streams.sink_checks import assert_scored_once, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -118,12 +117,15 @@ def model_events(live_stack, start: dict[int, int], wanted: set[str]) -> list[di
 
 
 def assert_never_loaded(live_stack, version: int) -> None:  # noqa: ANN001
+    """Triton never tried to load ``version``: its repository index lists a version only
+    once a load of it was requested (a failed load stays there as ``UNAVAILABLE``, with
+    the error as its reason; an unloaded one as ``UNAVAILABLE`` or ``UNLOADING``)."""
     with grpcclient.InferenceServerClient(url=live_stack.endpoints.triton) as client:
         index = client.get_model_repository_index(as_json=True).get("models", [])
         assert not client.is_model_ready(MODEL_NAME, str(version))
-    states = [m.get("state") for m in index
-              if m.get("name") == MODEL_NAME and m.get("version") == str(version)]
-    assert states in ([], ["UNAVAILABLE"]), f"version {version} was loaded: {states}"
+    tried = [(m.get("state"), m.get("reason", "")[:200]) for m in index
+             if m.get("name") == MODEL_NAME and m.get("version") == str(version)]
+    assert not tried, f"a load of version {version} was attempted: {tried}"
 
 
 def publish_broken(repo: Path, registry: Registry, kind: str, parent: int) -> int:
@@ -197,7 +199,8 @@ def test_a_promoted_model_worse_on_live_labels_is_rolled_back(
     worker_factory: Callable[..., object], tmp_path: Path,
 ) -> None:
     """Promoted by hand past the gate, a worse model serves live traffic; once its
-    matured labels show it below its predecessor, the retrainer serves N again."""
+    matured labels show it below its predecessor, the retrainer serves N again. Every
+    transaction of the stream, before, between and after the two swaps, is scored once."""
     n = world.champion
     log_dir = tmp_path / "feature_log"
     # No retraining in this test: the cooldown never ends.
@@ -212,33 +215,37 @@ def test_a_promoted_model_worse_on_live_labels_is_rolled_back(
     for column in ("TRANSACTION_ID", "CUSTOMER_ID", "TERMINAL_ID"):
         frame[column] = frame[column] + 5_000_000
     app_id = f"rollback-{uuid.uuid4().hex[:8]}"
-    worker_factory(role="labels", app_id=f"{app_id}-labels")
-    worker_factory(role="score", mode="live", app_id=app_id, labels_group=f"{app_id}-labels",
-                   feature_log=str(log_dir))
+    labels = worker_factory(role="labels", app_id=f"{app_id}-labels")
+    scorer = worker_factory(role="score", mode="live", app_id=app_id,
+                            labels_group=f"{app_id}-labels", feature_log=str(log_dir))
     kafka, settings = live_stack.endpoints.kafka, live_stack.settings
     scores_start = topic_end_offsets(kafka, settings, SCORES)
     events_start = topic_end_offsets(kafka, settings, MODEL_EVENTS)
     days = (frame["TX_DATETIME"].max() - frame["TX_DATETIME"].min()).days + 1
-    feed = threading.Thread(target=replay, daemon=True, args=(
-        Dataset.from_frame(frame), kafka, settings,
-        ReplayOptions(progress=False, speed=days * DAY / 90)))
+    # 90 s for the whole world, held at 80% until the rollback: its last fifth is
+    # always scored after it, however slow the machine.
+    feed = HeldReplay(frame, kafka, settings, speed=days * DAY / 90,
+                      hold_at=int(0.8 * len(frame)))
     feed.start()
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         while len(read_feature_log(log_dir)) < len(frame) // 4:
+            assert not feed.finished.is_set(), f"the feed ended early: {feed.error!r}"
             assert time.monotonic() < deadline, "the worker scored too little"
             time.sleep(0.5)
         assert retrainer.swap_to(worse, reason="test: a worse model promoted by hand")
         assert world.registry.champion() == worse
         verdict = None
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 300
         while world.registry.champion() == worse:
             assert time.monotonic() < deadline, f"no rollback; last verdict {verdict}"
             verdict = retrainer.step().rollback or verdict
             time.sleep(1.0)
         after_rollback = topic_end_offsets(kafka, settings, SCORES)
+        assert not feed.finished.is_set(), f"the feed stopped before the rollback: {feed.error!r}"
     finally:
-        feed.join(150)
+        feed.release.set()
+    feed.finish()
     assert verdict is not None and verdict.roll_back is True, verdict
     assert verdict.new is not None and verdict.old is not None
     assert verdict.new.average_precision < verdict.old.average_precision - 0.01
@@ -251,17 +258,16 @@ def test_a_promoted_model_worse_on_live_labels_is_rolled_back(
     rollback = events[names.index("rollback")]
     assert (rollback["version"], rollback["previous"]) == (n, worse)
 
-    # Every partition served N, then the worse model, then N again, never mixed.
+    # Every transaction scored once, read to the end once the workers stopped.
     wanted = set(frame["TRANSACTION_ID"].tolist())
-    seen: set[int] = set()
-
-    def done(received: list[Received]) -> bool:
-        seen.update(json.loads(r.value)["tx_id"] for r in received[len(seen):])
-        return wanted <= seen
-
-    received = consume(kafka, settings, SCORES, until=done, start=scores_start, timeout_s=120)
+    wait_for_ids(live_stack, scores_start, wanted)
+    scorer.stop()
+    labels.stop()
+    received = read_to_end(kafka, settings, SCORES, scores_start)
+    assert_scored_once(received, wanted)
+    # Every partition served N, then the worse model, then N again, never mixed.
     mine = sorted((r.partition, r.offset, Score.parse(r.value).model_version)
-                  for r in received if json.loads(r.value)["tx_id"] in wanted)
+                  for r in received)
     assert {v for *_, v in mine} == {n, worse}
     for partition in {p for p, _, _ in mine}:
         runs = [v for p, _, v in mine if p == partition]
@@ -271,8 +277,26 @@ def test_a_promoted_model_worse_on_live_labels_is_rolled_back(
     assert after and set(after) == {n}, "the stream went on, scored by N again"
 
 
+def wait_for_ids(live_stack, start: dict[int, int], wanted: set[int],  # noqa: ANN001
+                 timeout_s: float = 300) -> None:
+    """Wait until every one of ``wanted`` has a score on ``scores`` after ``start``."""
+    seen: set[int] = set()
+    checked = 0
+
+    def done(received: list[Received]) -> bool:
+        nonlocal checked
+        seen.update(json.loads(r.value)["tx_id"] for r in received[checked:])
+        checked = len(received)
+        return wanted <= seen
+
+    consume(live_stack.endpoints.kafka, live_stack.settings, SCORES, until=done, start=start,
+            timeout_s=timeout_s)
+    assert wanted <= seen, f"{len(wanted - seen)} transactions not scored in {timeout_s} s"
+
+
 class SteadyProducer(threading.Thread):
-    """Sends the world's transactions, in event-time order, at ``rate`` a second."""
+    """Sends the world's transactions, in event-time order, at ``rate`` a second; what
+    it raised is kept in :attr:`error`."""
 
     def __init__(self, live_stack, frame: pd.DataFrame, rate: int) -> None:  # noqa: ANN001
         super().__init__(daemon=True)
@@ -281,8 +305,15 @@ class SteadyProducer(threading.Thread):
         self.rows = list(zip(frame["TRANSACTION_ID"], seconds, frame["CUSTOMER_ID"],
                              frame["TERMINAL_ID"], frame["TX_AMOUNT"], strict=True))
         self.rate, self.sent, self.stop = rate, [], threading.Event()
+        self.error: BaseException | None = None
 
     def run(self) -> None:
+        try:
+            self._send()
+        except BaseException as exc:  # noqa: BLE001 - checked by the test
+            self.error = exc
+
+    def _send(self) -> None:
         client = producer(self.kafka, self.settings, **{"linger.ms": 5})
         began = time.monotonic()
         for tx, t, card, terminal, amount in self.rows:
@@ -296,7 +327,7 @@ class SteadyProducer(threading.Thread):
             client.produce(TRANSACTIONS, value=value.encode(), key=str(card).encode())
             client.poll(0)
             self.sent.append(int(tx))
-        assert client.flush(30) == 0
+        assert client.flush(30) == 0, "Kafka did not acknowledge every transaction"
 
 
 def test_swap_under_steady_load_scores_every_transaction_once(
@@ -318,41 +349,38 @@ def test_swap_under_steady_load_scores_every_transaction_once(
     load = SteadyProducer(live_stack, world.frame, rate=300)
     load.start()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while len(read_feature_log(log_dir)) < 600:
+            assert load.is_alive(), f"the load ended before 600 rows: {load.error!r}"
             assert time.monotonic() < deadline, "the worker scored too little"
             time.sleep(0.5)
         report = retrainer.swap_to(m, reason="test swap")
         after_promotion = topic_end_offsets(kafka, settings, SCORES)
-        time.sleep(3)
+        # The load goes on until 300 transactions were scored after the promotion.
+        deadline = time.monotonic() + 120
+        while sum(topic_end_offsets(kafka, settings, SCORES).values()) < (
+                sum(after_promotion.values()) + 300):
+            assert load.is_alive(), f"the load ended before the promotion: {load.error!r}"
+            assert time.monotonic() < deadline, "too few scores after the promotion"
+            time.sleep(0.5)
     finally:
         load.stop.set()
         load.join(60)
+    assert load.error is None and not load.is_alive(), f"the load failed: {load.error!r}"
     print(f"\nswap timings: {json.dumps(report.to_record() if report else None)}")
     assert report is not None and report.promoted and report.drained and report.unloaded
     assert report.shadow["rows"] >= 600 and report.shadow["failed"] == 0
 
     sent = set(load.sent)
     assert len(sent) == len(load.sent) > 2000
-    seen: set[int] = set()
-
-    def done(received: list[Received]) -> bool:
-        seen.update(json.loads(r.value)["tx_id"] for r in received[len(seen):])
-        return sent <= seen
-
-    received = consume(kafka, settings, SCORES, until=done, start=scores_start, timeout_s=120)
-    mine = [(r.partition, r.offset, Score.parse(r.value)) for r in received]
-    mine = [(p, o, s) for p, o, s in mine if s.tx_id in sent]
-    ids = [s.tx_id for _, _, s in mine]
-    assert set(ids) == sent, f"{len(sent - set(ids))} transactions never scored"
-    duplicates = len(ids) - len(set(ids))
-    logged = read_feature_log(log_dir)
-    raw = pd.concat([pd.read_parquet(p) for p in log_dir.glob("event_date=*/part-*.parquet")])
-    repeated = raw[raw.duplicated("tx_id", keep=False)]
-    features = [SERVING_NAMES[c] for c in FAST.features]
-    assert duplicates == 0 or (repeated.groupby("tx_id")[features].nunique() == 1).all().all(), (
-        f"{duplicates} duplicate scores with differing features")
+    wait_for_ids(live_stack, scores_start, sent)
     assert scorer.metrics().get("factory_triton_errors_total", 0.0) == errors_before
+    scorer.stop()  # everything it wrote is on the topic now
+    received = read_to_end(kafka, settings, SCORES, scores_start)
+    # No duplicate on the topic itself, whatever the feature log says.
+    assert_scored_once(received, sent)
+    mine = [(r.partition, r.offset, Score.parse(r.value)) for r in received]
+    logged = read_feature_log(log_dir)
 
     versions = {s.model_version for *_, s in mine}
     assert versions == {n, m}

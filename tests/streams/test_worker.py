@@ -24,6 +24,7 @@ from streams.features import (
 from streams.records import Score, Transaction
 from streams.schemas import load as load_schema
 from streams.topics import SCORES, TRANSACTIONS_DLQ
+from tests.streams.sink_checks import assert_scored_once, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -60,17 +61,32 @@ def expected_features(txs: list[Transaction],
     return vectors
 
 
-def read_scores(live_stack, start: dict[int, int], wanted: set[int]) -> list[Score]:  # noqa: ANN001
-    def done(received: list[Received]) -> bool:
-        return {json.loads(m.value)["tx_id"] for m in received} >= wanted
+def wait_for_scores(live_stack, start: dict[int, int], wanted: set[int]) -> None:  # noqa: ANN001
+    """Wait until every one of ``wanted`` has a score (a count needs :func:`read_scores`)."""
+    seen: set[int] = set()
+    checked = 0
 
-    received = consume(live_stack.endpoints.kafka, live_stack.settings, SCORES, until=done,
-                       start=start, timeout_s=120)
+    def done(received: list[Received]) -> bool:
+        nonlocal checked
+        seen.update(json.loads(m.value)["tx_id"] for m in received[checked:])
+        checked = len(received)
+        return seen >= wanted
+
+    consume(live_stack.endpoints.kafka, live_stack.settings, SCORES, until=done,
+            start=start, timeout_s=120)
+    assert seen >= wanted, f"{len(wanted - seen)} transactions not scored in 120 s"
+
+
+def read_scores(live_stack, start: dict[int, int], wanted: set[int]) -> list[Score]:  # noqa: ANN001
+    """The scores from ``start`` to the topic's end, once the worker stopped: one for each
+    of ``wanted`` and nothing else."""
+    received = read_to_end(live_stack.endpoints.kafka, live_stack.settings, SCORES, start)
     # Every record a consumer reads follows the published contract.
     contract = jsonschema.Draft202012Validator(load_schema("score"))
     for message in received:
         contract.validate(json.loads(message.value))
-    return [s for s in (Score.parse(m.value) for m in received) if s.tx_id in wanted]
+    assert_scored_once(received, wanted)
+    return [Score.parse(m.value) for m in received]
 
 
 def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
@@ -98,12 +114,13 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     produce(live_stack.endpoints.kafka, live_stack.settings,
             ((str(tx.card_id).encode(), tx.to_json()) for tx in txs))
     wanted = {tx.tx_id for tx in txs}
-    scores = read_scores(live_stack, start, wanted)
-
-    assert len(scores) == len(txs), "exactly one score per transaction"
-    assert {s.tx_id for s in scores} == wanted
-    assert {s.model_version for s in scores} == {1}
+    wait_for_scores(live_stack, start, wanted)
     assert worker.alive()
+    scraped = prometheus_value(live_stack, "factory_events_scored_total", len(txs))
+    samples = worker.metrics()
+    worker.stop()  # everything it wrote is on the topic now
+    scores = read_scores(live_stack, start, wanted)
+    assert {s.model_version for s in scores} == {1}
 
     vectors = expected_features(txs, labels)
     session = ort.InferenceSession(
@@ -126,8 +143,7 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     cards = np.array(sorted(last))
     assert np.allclose(online.read("card_activity", "card_id", cards),
                        np.stack([last[c] for c in cards]))
-    assert prometheus_value(live_stack, "factory_events_scored_total", len(txs)) >= len(txs)
-    samples = worker.metrics()
+    assert scraped >= len(txs)
     made = {d: samples.get(f'factory_decisions_total{{decision="{d}"}}', 0.0)
             for d in ("approve", "review", "block")}
     assert sum(made.values()) == len(txs)
@@ -169,6 +185,11 @@ BAD_EVENTS: list[tuple[bytes, str]] = [
     (b'{"v": 9, "tx_id": 8, "event_time": 1530000000, "card_id": 1, "terminal_id": 2,'
      b' "amount": 3.0}', "unknown_schema_version"),
     (b'{"v": 1, "tx_id": 9, "pad": "' + b"x" * (1024 * 1024) + b'"}', "payload_too_large"),
+    (b'{"v": 1, "tx_id": 99999999999999999999, "event_time": 1530000000, "card_id": 1,'
+     b' "terminal_id": 2, "amount": 3.0}', "invalid_value"),
+    # Valid, but produced under the test's marker key rather than its card id.
+    (b'{"v": 1, "tx_id": 10, "event_time": 1530000000, "card_id": 1, "terminal_id": 2,'
+     b' "amount": 3.0}', "key_mismatch"),
 ]
 
 
@@ -187,16 +208,21 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
     produce(kafka, settings, messages)
 
     wanted = {tx.tx_id for tx in txs}
-    scores = read_scores(live_stack, scores_start, wanted)
-    assert sorted(s.tx_id for s in scores) == sorted(wanted)
-
+    wait_for_scores(live_stack, scores_start, wanted)
     expected_bad = 3 * len(BAD_EVENTS)
-    letters = consume(kafka, settings, TRANSACTIONS_DLQ, start=dlq_start, timeout_s=60,
-                      until=lambda r: sum(m.key == marker for m in r) >= expected_bad)
-    mine = [m for m in letters if m.key == marker]
-    assert len(mine) == expected_bad
+    consume(kafka, settings, TRANSACTIONS_DLQ, start=dlq_start, timeout_s=60,
+            until=lambda r: sum(m.key == marker for m in r) >= expected_bad)
+    assert worker.alive()
+    samples = worker.metrics()
+    worker.stop()  # everything it wrote is on the topics now
+    read_scores(live_stack, scores_start, wanted)
+
+    letters = read_to_end(kafka, settings, TRANSACTIONS_DLQ, dlq_start)
+    assert len(letters) == expected_bad and all(m.key == marker for m in letters), (
+        f"{len(letters)} dead letters, {sum(m.key == marker for m in letters)} of them "
+        f"the {expected_bad} bad events")
     by_bytes = {raw: kind for raw, kind in BAD_EVENTS}
-    for letter in mine:
+    for letter in letters:
         assert letter.value in by_bytes, "the original bytes are kept untouched"
         headers = read_headers(letter.headers)
         assert headers["reason"] == by_bytes[letter.value]
@@ -205,8 +231,48 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_worker_keeps_going(
         assert headers["exception.class.name"] == "ValidationError"
         assert headers["exception.message"]
         assert int(headers["offset"]) >= 0 and int(headers["partition"]) >= 0
+    assert samples["factory_events_scored_total"] == len(txs)
+    assert sum(v for k, v in samples.items()
+               if k.startswith("factory_events_dead_lettered_total")) == expected_bad
+
+
+def test_an_event_whose_card_features_cannot_be_computed_is_dead_lettered_and_its_batch_scored(
+    live_stack, worker_factory: Callable[..., object]  # noqa: ANN001
+) -> None:
+    """A transaction id sent again three days later on the same card finds its first
+    entry outside every window of the new time: its card features divide by zero. It
+    goes to the dead-letter topic at the features stage, with the exception; every other
+    transaction, those of its batch included, is scored once."""
+    txs = make_transactions(400, seed=14)
+    first = txs[100]
+    again = Transaction(first.tx_id, first.event_time + 3 * DAY, first.card_id,
+                        first.terminal_id, first.amount)
+    messages = [(str(tx.card_id).encode(), tx.to_json()) for tx in txs]
+    messages.insert(250, (str(again.card_id).encode(), again.to_json()))
+    worker = worker_factory()
+    kafka, settings = live_stack.endpoints.kafka, live_stack.settings
+    scores_start = topic_end_offsets(kafka, settings, SCORES)
+    dlq_start = topic_end_offsets(kafka, settings, TRANSACTIONS_DLQ)
+    produce(kafka, settings, messages)
+
+    wanted = {tx.tx_id for tx in txs}
+    wait_for_scores(live_stack, scores_start, wanted)
+    consume(kafka, settings, TRANSACTIONS_DLQ, start=dlq_start, timeout_s=60,
+            until=lambda r: len(r) >= 1)
     assert worker.alive()
     samples = worker.metrics()
-    assert samples["factory_events_scored_total"] >= len(txs)
-    assert sum(v for k, v in samples.items()
-               if k.startswith("factory_events_dead_lettered_total")) >= expected_bad
+    worker.stop()  # everything it wrote is on the topics now
+    scores = read_scores(live_stack, scores_start, wanted)
+    assert {s.tx_id: s.event_time for s in scores}[first.tx_id] == first.event_time
+
+    letters = read_to_end(kafka, settings, TRANSACTIONS_DLQ, dlq_start)
+    assert [(m.key, m.value) for m in letters] == [(str(again.card_id).encode(),
+                                                    again.to_json())]
+    headers = read_headers(letters[0].headers)
+    assert headers["stage"] == "features"
+    assert headers["topic"] == "transactions"
+    assert headers["exception.class.name"] == "ZeroDivisionError"
+    assert headers["exception.message"] == "float division by zero"
+    assert "reason" not in headers, "a failure of the features has no validation reason"
+    assert samples['factory_events_dead_lettered_total{reason="ZeroDivisionError"}'] == 1
+    assert samples["factory_events_scored_total"] == len(txs)
