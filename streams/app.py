@@ -40,6 +40,7 @@ from faust.types import TP
 from streams.batches import BatchBuffer, RecordBatch
 from streams.checkpoint import BatchLoop
 from streams.emit import Emitter
+from streams.kafka_access import KafkaNeeds
 from streams.labels import LabelPipeline
 from streams.metrics import WorkerMetrics
 from streams.offsets import SourceOffsets
@@ -47,7 +48,7 @@ from streams.pipeline import ScoringPipeline
 from streams.scoring import DecisionPolicy, ReviewBudget
 from streams.settings import Settings
 from streams.state import ChangelogState, changelog_topic, ensure_changelog
-from streams.topics import LABELS, TRANSACTIONS
+from streams.topics import LABELS, SCORES, TRANSACTIONS, TRANSACTIONS_DLQ
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,23 @@ class WorkerConfig:
     @property
     def log_dir(self) -> Path:
         return self.feature_log_dir or self.settings.state_dir / "feature_log"
+
+
+_STATES = {TRANSACTIONS: "card-state", LABELS: "terminal-state"}
+
+
+def kafka_needs(config: WorkerConfig) -> KafkaNeeds:
+    """What a worker of ``config``'s role reads, writes and joins on Kafka: its source
+    topics, its outputs (dead letters, and scores for a scorer), its changelogs, its
+    consumer group and the helper groups that read its offsets and changelogs."""
+    sources = {"score": [TRANSACTIONS], "labels": [LABELS]}.get(config.role,
+                                                                [TRANSACTIONS, LABELS])
+    changelogs = [changelog_topic(config.app_id, _STATES[topic]) for topic in sources]
+    outputs = [TRANSACTIONS_DLQ, *([SCORES] if TRANSACTIONS in sources else [])]
+    groups = [config.app_id, f"{config.app_id}-fill", f"{config.app_id}-ends",
+              *(f"{topic}-restore" for topic in changelogs)]
+    return KafkaNeeds(read=(*sources, *changelogs), write=(*outputs, *changelogs),
+                      groups=tuple(groups))
 
 
 def _broker_credentials(settings: Settings):  # noqa: ANN202 - faust credential types
@@ -190,9 +208,9 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> Fa
             commit_interval_s=config.commit_interval_s))
 
     if config.role in ("score", "all"):
-        batched(TRANSACTIONS, "card-state", ScoringPipeline)
+        batched(TRANSACTIONS, _STATES[TRANSACTIONS], ScoringPipeline)
     if config.role in ("labels", "all"):
-        batched(LABELS, "terminal-state", LabelPipeline)
+        batched(LABELS, _STATES[LABELS], LabelPipeline)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def finish_before_revoke(sender: faust.App, revoked: set[TP], **_: object) -> None:

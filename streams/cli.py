@@ -467,10 +467,12 @@ def retrainer_main(argv: list[str]) -> int:
 
     from prometheus_client import start_http_server
 
+    from streams.kafka_access import KafkaNeeds, exit_unless_allowed
     from streams.model_events import ModelEvents, RetrainerMetrics
     from streams.retrain_policy import TriggerPolicy
     from streams.retrainer import RetrainerConfig, connect
     from streams.swap import SwapConfig
+    from streams.topics import LABELS, MODEL_EVENTS
     from streams.worker import service_endpoints
 
     args = _retrainer_parser().parse_args(argv)
@@ -478,6 +480,9 @@ def retrainer_main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     endpoints = service_endpoints(settings, "factory retrainer")
+    exit_unless_allowed(settings.kafka, endpoints.kafka,
+                        KafkaNeeds(read=(LABELS,), write=(MODEL_EVENTS,),
+                                   groups=(args.labels_group,)), "factory retrainer")
     config = RetrainerConfig(
         feature_log=args.feature_log, repo_dir=args.repo, gate_days=args.gate_days,
         warm_start=not args.full_retrain, poll_s=args.poll,

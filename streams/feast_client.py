@@ -23,11 +23,20 @@ TERMINAL_VIEW = "terminal_risk"
 
 
 def feast_redis_connection(redis_url: str) -> str:
-    """Turn ``redis://[:password@]host:port/db`` into Feast's ``host:port,password=..`` form."""
+    """Turn ``redis://[[user]:password@]host:port/db`` into Feast's
+    ``host:port,username=..,password=..`` form."""
     parsed = urlparse(redis_url)
     if parsed.scheme not in ("redis", "rediss"):
         raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {parsed.scheme!r}")
     parts = [f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"]
+    credentials = {"username": parsed.username, "password": parsed.password}
+    for name, value in credentials.items():
+        if value and "," in unquote(value):
+            # Feast splits its connection string on commas.
+            raise ValueError(f"the Redis {name} must not contain ',' (Feast's connection "
+                             "string cannot hold it)")
+    if parsed.username:
+        parts.append(f"username={unquote(parsed.username)}")
     if parsed.password:
         parts.append(f"password={unquote(parsed.password)}")
     if parsed.scheme == "rediss":

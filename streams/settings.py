@@ -42,6 +42,14 @@ def _secret(name: str) -> Secret | None:
     return Secret(value) if value else None
 
 
+def _flag(name: str) -> bool:
+    return (_env(name) or "").lower() in ("1", "true", "yes", "on")
+
+
+LOCAL_KAFKA_USER = "factory"
+"""The factory's Kafka user on the secured local broker unless KAFKA_SASL_USERNAME says."""
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     """How to reach Kafka; SASL and TLS are plain settings."""
@@ -72,8 +80,13 @@ class Settings:
     """Everything the factory reads from the environment."""
 
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    # The local broker with SASL/SCRAM over TLS and ACLs (docs/security.md).
+    kafka_secure: bool = False
+    kafka_admin_password: Secret | None = None
     redis_url: Secret | None = None
     redis_password: Secret | None = None
+    # An ACL user of the local Redis instead of its default user.
+    redis_username: str | None = None
     triton_url: str | None = None
     state_dir: Path = REPO_ROOT / ".factory"
     kafka_port: int = 9092
@@ -102,13 +115,22 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        state = _env("FACTORY_STATE_DIR")
+        state_dir = Path(state) if state else REPO_ROOT / ".factory"
+        bootstrap = _env("KAFKA_BOOTSTRAP_SERVERS")
+        protocol = _env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+        # The local broker is secured by FACTORY_KAFKA_SECURE, or by asking for SASL_SSL
+        # without naming a broker; it speaks SCRAM-SHA-512 over TLS only, with the CA
+        # it generated at its first start.
+        secure = bootstrap is None and (_flag("FACTORY_KAFKA_SECURE") or protocol == "SASL_SSL")
         kafka = KafkaSettings(
-            bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS"),
-            security_protocol=_env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),  # type: ignore[arg-type]
-            sasl_mechanism=_env("KAFKA_SASL_MECHANISM"),
-            sasl_username=_env("KAFKA_SASL_USERNAME"),
+            bootstrap_servers=bootstrap,
+            security_protocol="SASL_SSL" if secure else protocol,  # type: ignore[arg-type]
+            sasl_mechanism="SCRAM-SHA-512" if secure else _env("KAFKA_SASL_MECHANISM"),
+            sasl_username=_env("KAFKA_SASL_USERNAME", LOCAL_KAFKA_USER if secure else None),
             sasl_password=_secret("KAFKA_SASL_PASSWORD"),
-            ssl_ca_location=_env("KAFKA_SSL_CA_LOCATION"),
+            ssl_ca_location=_env("KAFKA_SSL_CA_LOCATION", str(
+                state_dir.resolve() / "kafka" / "tls" / "ca.pem") if secure else None),
         )
         ints = {
             name: int(value)
@@ -128,16 +150,18 @@ class Settings:
             )
             if (value := _env(var)) is not None
         }
-        state = _env("FACTORY_STATE_DIR")
         registry = _env("FACTORY_REGISTRY_DIR")
         triton_repo = _env("FACTORY_TRITON_REPO")
         return cls(
             kafka=kafka,
+            kafka_secure=secure,
+            kafka_admin_password=_secret("FACTORY_KAFKA_ADMIN_PASSWORD"),
             redis_url=_secret("REDIS_URL"),
             redis_password=_secret("REDIS_PASSWORD"),
+            redis_username=_env("REDIS_USERNAME"),
             triton_url=_env("TRITON_URL"),
             alert_webhook_url=_secret("FACTORY_ALERT_WEBHOOK_URL"),
-            state_dir=Path(state) if state else REPO_ROOT / ".factory",
+            state_dir=state_dir,
             registry_dir=Path(registry) if registry else None,
             triton_repo=Path(triton_repo) if triton_repo else REPO_ROOT / "triton_repo",
             **ints,

@@ -19,7 +19,8 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from infra.local.manager import Endpoints
-from streams.app import WorkerConfig, create_app
+from streams.app import WorkerConfig, create_app, kafka_needs
+from streams.kafka_access import exit_unless_allowed
 from streams.metrics import WorkerMetrics
 from streams.scoring import DecisionPolicy, ReviewBudget
 from streams.settings import REPO_ROOT, Settings
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         labels_group=args.labels_group, feast_path=args.feast_path,
         feature_log_dir=Path(args.feature_log) if args.feature_log else None,
     )
+    # A wrong password or a missing ACL: one line and exit 1, not a retry loop.
+    exit_unless_allowed(settings.kafka, config.kafka, kafka_needs(config), "factory worker")
     metrics = WorkerMetrics()
     start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     levels = {"crit": "CRITICAL", "warn": "WARNING"}

@@ -97,6 +97,10 @@ class LocalService(ABC):
         """How clients reach this service."""
         return f"127.0.0.1:{next(iter(self.ports.values()))}"
 
+    def display_url(self) -> str:
+        """:meth:`url` as it may be shown or logged (no credential in it)."""
+        return self.url()
+
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text().strip())

@@ -12,8 +12,10 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infra.local.base import LocalService, PrerequisiteError, port_is_open
+from infra.local.kafka_security import KafkaSecurity
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
@@ -38,10 +40,15 @@ Configuration:
 
 @dataclass
 class KafkaService(LocalService):
-    """Kafka broker and KRaft controller in one JVM, listening on 127.0.0.1 only."""
+    """Kafka broker and KRaft controller in one JVM, listening on 127.0.0.1 only.
+
+    With ``security`` (``FACTORY_KAFKA_SECURE``), clients reach a SASL_SSL listener only,
+    and ACLs decide what each user may do (``infra/local/kafka_security.py``).
+    """
 
     name: str = "kafka"
     heap: str = "1g"
+    security: KafkaSecurity | None = None
 
     def __post_init__(self) -> None:
         self.ports.setdefault("broker", 9092)
@@ -91,10 +98,20 @@ class KafkaService(LocalService):
     def _classpath(self) -> str:
         return str(self.lib_dir / "*")
 
+    @property
+    def _secure_marker(self) -> Path:
+        return self.home / "data" / "factory-secure"
+
+    def admin_config(self) -> dict[str, Any]:
+        """librdkafka options with which the factory's tooling administers the broker."""
+        if self.security is None:
+            return {"bootstrap.servers": self.url()}
+        return self.security.client_config(self.url(), admin=True)
+
     def _write_config(self) -> Path:
         data = self.home / "data"
         broker, controller = self.ports["broker"], self.ports["controller"]
-        props = {
+        props: dict[str, str] = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{controller}",
@@ -116,7 +133,11 @@ class KafkaService(LocalService):
             "log.retention.hours": "168",
             "message.max.bytes": str(2 * 1024 * 1024),
         }
+        if self.security is not None:
+            props.update(self.security.server_properties(broker, controller))
         path = self.home / "server.properties"
+        path.touch(mode=0o600)
+        path.chmod(0o600)  # the secured broker's file holds its admin password
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.home / "log4j2.yaml").write_text(LOG4J2)
         return path
@@ -124,8 +145,15 @@ class KafkaService(LocalService):
     def prepare(self) -> None:
         java = self._java()
         self.fetch_jars()
+        if self.security is not None:
+            self.security.prepare()
         config = self._write_config()
         if (self.home / "data" / "meta.properties").exists():
+            if self.security is not None and not self._secure_marker.exists():
+                raise PrerequisiteError(
+                    f"kafka: {self.home / 'data'} was formatted without "
+                    "FACTORY_KAFKA_SECURE, so it holds no SCRAM users; use a fresh "
+                    "FACTORY_STATE_DIR (or delete that folder) to run the secured broker.")
             return
         cluster_id = (self.home / "cluster-id")
         if not cluster_id.exists():
@@ -138,7 +166,8 @@ class KafkaService(LocalService):
              # "--cluster-id=": a base64 id may begin with "-", which argparse would
              # take for an option (one id in 64 did).
              "format", f"--cluster-id={cluster_id.read_text().strip()}",
-             "-c", str(config), "--ignore-formatted"],
+             "-c", str(config), "--ignore-formatted",
+             *(self.security.format_arguments() if self.security else [])],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
@@ -146,6 +175,8 @@ class KafkaService(LocalService):
                 "kafka: formatting the KRaft storage failed: "
                 + (result.stdout + result.stderr).strip()[-400:]
             )
+        if self.security is not None:
+            self._secure_marker.touch()
 
     def _jvm_flags(self) -> list[str]:
         return [
@@ -161,12 +192,19 @@ class KafkaService(LocalService):
         ]
         return argv, {}
 
+    def start(self) -> None:
+        """Start the broker; a secured one then gets the factory user's credential and
+        ACLs from the settings (each start, so the environment stays the reference)."""
+        super().start()
+        if self.security is not None:
+            self.security.grant(self.url())
+
     def healthy(self) -> bool:
         from confluent_kafka.admin import AdminClient
 
         if not port_is_open(self.ports["broker"]):
             return False
-        admin = AdminClient({"bootstrap.servers": self.url(), "socket.timeout.ms": 2000,
+        admin = AdminClient({**self.admin_config(), "socket.timeout.ms": 2000,
                              "log_level": 0})
         metadata = admin.list_topics(timeout=2)
         return len(metadata.brokers) >= 1

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local.alertmanager import AlertmanagerService
-from infra.local.base import LocalService, port_is_open
+from infra.local.base import LocalService, ServiceError, port_is_open
 from infra.local.kafka import KafkaService
+from infra.local.kafka_security import KafkaSecurity
 from infra.local.prometheus import PrometheusService
 from infra.local.redis import RedisService
 from infra.local.triton import TritonService
@@ -56,13 +57,20 @@ class Stack:
         password = settings.redis_password.get() if settings.redis_password else None
         self.services: dict[str, LocalService] = {}
         if settings.kafka.bootstrap_servers is None:
+            security = None
+            if settings.kafka_secure:
+                security = KafkaSecurity(
+                    state.resolve() / "kafka", settings.kafka.sasl_username or "",
+                    settings.kafka.sasl_password, settings.kafka_admin_password)
             self.services["kafka"] = KafkaService(
                 state,
                 ports={"broker": settings.kafka_port, "controller": settings.kafka_controller_port},
+                security=security,
             )
         if settings.redis_url is None:
             self.services["redis"] = RedisService(
-                state, ports={"redis": settings.redis_port}, password=password
+                state, ports={"redis": settings.redis_port}, password=password,
+                username=settings.redis_username,
             )
         if settings.triton_url is None:
             self.services["triton"] = TritonService(
@@ -123,11 +131,17 @@ class Stack:
             service.start()
             if echo:
                 how = "already up" if already else f"up in {time.monotonic() - started:.1f} s"
-                print(f"{name:<11} {how:<18} {service.url()}", flush=True)
+                print(f"{name:<11} {how:<18} {service.display_url()}", flush=True)
         if "kafka" in self._selected(names) or self.settings.kafka.bootstrap_servers:
+            from confluent_kafka import KafkaException
+
             from streams.topics import ensure_topics
 
-            ensure_topics(self.settings, self.endpoints().kafka)
+            try:
+                ensure_topics(self.settings, self.endpoints().kafka)
+            except (KafkaException, RuntimeError) as exc:
+                # A refused user or a broker that went away: one line, not a traceback.
+                raise ServiceError(f"kafka: the factory's topics: {exc}") from exc
         endpoints = self.endpoints()
         endpoints.save(self.endpoints_file)
         return endpoints

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from infra.local.base import LocalService, PrerequisiteError
 
@@ -35,6 +37,14 @@ def ensure_debian_package(binary: str, package: str, service: str) -> str:
     return path
 
 
+FACTORY_USER_RULES = ("~* resetchannels -@all +@connection +@read +@write +@keyspace "
+                      "+@scripting +@transaction -@dangerous")
+"""What the factory's Redis user may do: every key (Feast's keys are binary entity keys,
+beside the factory's ``factory:*``), no pub/sub channel, the data, key and scripting
+commands (Lua scripts of the router, the watermark and Feast's fast path), and none of
+the dangerous ones (``FLUSHALL``, ``KEYS``, ``CONFIG``, ``ACL``, ``SHUTDOWN``, ...)."""
+
+
 @dataclass
 class RedisService(LocalService):
     """A Redis server bound to 127.0.0.1 that keeps its data across a restart: an
@@ -42,18 +52,44 @@ class RedisService(LocalService):
     label watermark and the model route survive ``factory down``/``up``; a crash loses
     at most the last second).
 
-    ``password`` (from the ``REDIS_PASSWORD`` setting) turns on ``requirepass``.
+    ``password`` (``REDIS_PASSWORD``) protects the default user; with ``username``
+    (``REDIS_USERNAME``) the default user is turned off and that ACL user gets the
+    password and :data:`FACTORY_USER_RULES`. The configuration holds the password's
+    SHA-256 only.
     """
 
     name: str = "redis"
     password: str | None = None
+    username: str | None = None
 
     def __post_init__(self) -> None:
         self.ports.setdefault("redis", 6379)
 
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        user = quote(self.username or "", safe="")
+        auth = f"{user}:{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.ports['redis']}/0"
+
+    def display_url(self) -> str:
+        user = f"{self.username}:" if self.username else ":"
+        auth = f"{user}**********@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.ports['redis']}/0"
+
+    def acl_lines(self) -> list[str]:
+        """The ``user`` directives of the configuration."""
+        if self.username and not self.password:
+            raise PrerequisiteError("redis: REDIS_USERNAME needs REDIS_PASSWORD (the ACL "
+                                    "user's password).")
+        if not self.password:
+            return []
+        if any(c.isspace() for c in self.password + (self.username or "")):
+            raise PrerequisiteError("redis: REDIS_USERNAME and REDIS_PASSWORD must not "
+                                    "contain white space.")
+        digest = "#" + hashlib.sha256(self.password.encode()).hexdigest()
+        if not self.username:
+            return [f"user default on {digest} ~* &* +@all"]
+        return ["user default off resetpass -@all",
+                f"user {self.username} on {digest} {FACTORY_USER_RULES}"]
 
     def prepare(self) -> None:
         ensure_debian_package("redis-server", "redis-server", "redis")
@@ -68,8 +104,7 @@ class RedisService(LocalService):
             "daemonize no",
             "logfile \"\"",
         ]
-        if self.password:
-            conf.append(f"requirepass {self.password}")
+        conf += self.acl_lines()
         path = self.home / "redis.conf"
         path.write_text("\n".join(conf) + "\n")
         path.chmod(0o600)

@@ -3,6 +3,7 @@ fresh state folder on free ports, and ``factory down`` at the end."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -79,7 +80,8 @@ def metrics(port: int) -> dict[str, float]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException):
+        # Down, or a free port that a connection of its own happened to take.
         return {}
     return {name: float(value) for name, _, value in
             (line.rpartition(" ") for line in text.splitlines() if line and line[0] != "#")}
