@@ -269,6 +269,7 @@ class Watch:
             "serving_ready": guard.get("factory_serving_ready", float("nan")),
             "waiting_route": score.get('factory_waiting_for_lost_state{state="route"}', 0),
             "waiting_labels": score.get('factory_waiting_for_lost_state{state="labels"}', 0),
+            "feature_log_blocked": score.get("factory_feature_log_blocked", 0),
             "up_score": float(bool(score)), "up_labels": float(bool(labels)),
         }))
         if prometheus:
@@ -317,6 +318,8 @@ class Watch:
                     signals.add("waiting for the lost route")
                 if s["waiting_labels"]:
                     signals.add("waiting for the lost label state")
+                if s.get("feature_log_blocked"):
+                    signals.add("feature log blocked")
                 if not s["up_score"]:
                     signals.add("score worker down")
                 if not s["up_labels"]:

@@ -81,6 +81,7 @@ class BatchLoop:
         self._caught_up: set[int] = set()
         self._caught_up_checked = 0.0
         self._store_checked = 0.0
+        self._persist_failing_since: float | None = None
 
     @property
     def topic(self) -> str:
@@ -89,6 +90,11 @@ class BatchLoop:
     async def run(self) -> None:
         await self.pipeline.started.wait()
         while True:
+            if self._held_back():
+                # A checkpoint that cannot write its feature-log rows (a full disk) holds
+                # the loop: batches taken now would only pile up uncommitted.
+                await asyncio.wait({self._in_flight}, timeout=self.commit_interval_s)  # type: ignore[arg-type]
+                continue
             try:
                 batch = await asyncio.wait_for(
                     self.buffer.take(self.batch_max, self.batch_wait_s),
@@ -107,6 +113,38 @@ class BatchLoop:
                         self.pending_records >= self.commit_every
                         or time.monotonic() - self.last_checkpoint >= self.commit_interval_s):
                     self._in_flight = asyncio.create_task(self._checkpoint(*self._cut()))
+
+    def _held_back(self) -> bool:
+        """Whether the checkpoint in flight has been retrying its feature-log write for
+        longer than two commit intervals."""
+        task = self._in_flight
+        return (task is not None and not task.done() and self._persist_failing_since is not None
+                and time.monotonic() - self._persist_failing_since > 2 * self.commit_interval_s)
+
+    async def _persist(self, rows: Any) -> None:
+        """The pipeline's write of the checkpoint's rows, retried in place while it fails
+        for want of room or of a writable disk (``OSError``): the scores are already on
+        their topic, so handling the batches again would only produce them again; nothing
+        is committed until the rows are written."""
+        pause = 0.2
+        while True:
+            try:
+                await self.pipeline.persist(rows)
+            except OSError as exc:
+                if self._persist_failing_since is None:
+                    self._persist_failing_since = time.monotonic()
+                    log.error("%s: the feature log cannot be written (%s); retrying, and "
+                              "nothing is committed until it is", self.topic, exc)
+                    self.metrics.feature_log_blocked.set(1)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            if self._persist_failing_since is not None:
+                log.warning("%s: the feature log is written again after %.1f s", self.topic,
+                            time.monotonic() - self._persist_failing_since)
+                self._persist_failing_since = None
+                self.metrics.feature_log_blocked.set(0)
+            return
 
     async def _handle(self, batch: RecordBatch) -> None:
         try:
@@ -227,7 +265,7 @@ class BatchLoop:
         """One flush with the feature-log write, then the offsets. Runs beside the batches
         that follow (they are in the next checkpoint); raises when anything failed."""
         clock = time.perf_counter()
-        await asyncio.gather(self.emitter.flush(), self.pipeline.persist(rows))
+        await asyncio.gather(self.emitter.flush(), self._persist(rows))
         clock = self.metrics.stage("checkpoint_flush", clock)
         await self.offsets.commit_offsets(offsets)
         self.metrics.stage("checkpoint_commit", clock)

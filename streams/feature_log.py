@@ -98,8 +98,12 @@ class FeatureLog:
             self.sequence += 1
             name = f"part-{self.writer_id}-{self.sequence:08d}.parquet"
             tmp = folder / f".{name}.tmp"
-            pq.write_table(pa.table(columns), tmp)
-            os.replace(tmp, folder / name)
+            try:
+                pq.write_table(pa.table(columns), tmp)
+                os.replace(tmp, folder / name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # a full disk keeps no partial file
+                raise
             written += 1
         return written
 

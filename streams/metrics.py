@@ -51,6 +51,11 @@ class WorkerMetrics:
             "1 while a strict batch waits for the labels known by its last event",
             registry=r,
         )
+        self.feature_log_blocked = Gauge(
+            "factory_feature_log_blocked",
+            "1 while the checkpoint cannot write the feature log (a full disk): nothing is "
+            "committed and no new batch is taken until it can", registry=r,
+        )
         self.waiting_for_state = Gauge(
             "factory_waiting_for_lost_state",
             "1 while scoring waits for shared state that Redis lost to be restored: the "

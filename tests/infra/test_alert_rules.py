@@ -21,7 +21,7 @@ ALERTS = {
     "FactoryDriftDetected", "FactoryChallengerRejected", "FactoryModelRollback",
     "FactoryConsumerLagHigh", "FactoryDeadLetterRateHigh", "FactoryScoringLatencyP99High",
     "FactoryTritonErrors", "FactoryNoEventsScored", "FactoryServingModelDown",
-    "FactoryLostStateNotRestored",
+    "FactoryLostStateNotRestored", "FactoryFeatureLogBlocked",
 }
 
 

@@ -31,6 +31,7 @@ class World:
         self.committed: dict[int, int] = {0: 0, 1: 0}
         self.flush_gate: asyncio.Event | None = None
         self.fail_flush = False
+        self.disk_full = False
         self.fail_on: set[int] = set()
         self.started = asyncio.Event()
         self.started.set()
@@ -67,6 +68,9 @@ class World:
         return rows
 
     async def persist(self, rows: list[list[int]]) -> None:
+        if self.disk_full:
+            self.steps.append("persist failed")
+            raise OSError(28, "No space left on device")
         self.steps.append(f"persist {sum(len(r) for r in rows)} rows")
 
     def discard(self) -> None:
@@ -188,6 +192,36 @@ def test_a_failed_checkpoint_commits_nothing_and_hands_its_batches_back() -> Non
     asyncio.run(scenario())
     assert "fill 0:0-3" in world.steps  # the batch not committed is handled again
     assert world.committed[0] == 6
+
+
+def test_a_full_disk_holds_the_checkpoint_and_the_loop_without_handling_anything_twice(
+) -> None:
+    """The feature log cannot be written: the checkpoint retries its write in place
+    (its scores are already out; handling the batches again would only send them again),
+    commits nothing meanwhile, and the loop takes no new batch; once there is room, the
+    rows are written and the offsets committed, each batch handled once."""
+    world = World()
+    loop = loop_of(world)
+    loop.commit_interval_s = 0.05
+    world.disk_full = True
+
+    async def scenario() -> None:
+        await loop._handle(records(0, range(0, 4)))
+        loop._in_flight = asyncio.create_task(loop._checkpoint(*loop._cut()))
+        await asyncio.sleep(0.5)
+        assert world.committed == {0: 0, 1: 0}, "committed before the rows were written"
+        assert loop._held_back(), "the loop would go on taking batches"
+        assert loop.metrics.feature_log_blocked._value.get() == 1
+        world.disk_full = False
+        await loop._in_flight
+        assert not loop._held_back()
+        assert loop.metrics.feature_log_blocked._value.get() == 0
+
+    asyncio.run(scenario())
+    assert world.steps.count("persist failed") >= 2
+    assert world.processed == [[0, 1, 2, 3]], "a batch was handled again"
+    assert "persist 4 rows" in world.steps and world.committed[0] == 4
+    assert world.steps.index("persist 4 rows") < world.steps.index("commit {0: 4}")
 
 
 def test_a_partition_with_nothing_to_handle_is_reported_caught_up_once() -> None:
