@@ -355,8 +355,8 @@ def restart_triton(rig: Rig) -> str:
     return "stopped and started bare (no model loaded)"
 
 
-def restart_redis_empty(rig: Rig) -> str:
-    service = rig.service("redis")
+def start_empty(service: Any) -> None:
+    """Stop a local Redis, delete what it keeps, start it again with no data."""
     service.stop()
     for leftover in (service.home / "appendonlydir", service.home / "dump.rdb"):
         if leftover.is_dir():
@@ -364,6 +364,10 @@ def restart_redis_empty(rig: Rig) -> str:
         elif leftover.exists():
             leftover.unlink()
     service.start()
+
+
+def restart_redis_empty(rig: Rig) -> str:
+    start_empty(rig.service("redis"))
     return "stopped and started empty (no data kept)"
 
 

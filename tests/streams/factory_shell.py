@@ -3,45 +3,20 @@ fresh state folder on free ports, and ``factory down`` at the end."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from infra.local.base import free_port, port_is_open
+from bench.fault_rig import scrape as metrics
+from bench.fault_rig import stack_env as shell_env
 from streams.settings import REPO_ROOT
-
-
-def shell_env(tmp: Path) -> dict[str, str]:
-    repo = tmp / "triton_repo"
-    (repo / "fraud_detector").mkdir(parents=True)
-    shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
-                    repo / "fraud_detector" / "config.pbtxt")
-    metrics = free_port()
-    while port_is_open(metrics + 1):  # the labels worker takes the one after it
-        metrics = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "TRITON_URL")}
-    env.update({
-        "FACTORY_STATE_DIR": str(tmp / "state"), "FACTORY_TRITON_REPO": str(repo),
-        "FACTORY_WORKER_METRICS_PORT": str(metrics),
-        **{var: str(free_port()) for var in (
-            "FACTORY_KAFKA_PORT", "FACTORY_KAFKA_CONTROLLER_PORT", "FACTORY_REDIS_PORT",
-            "FACTORY_TRITON_HTTP_PORT", "FACTORY_TRITON_GRPC_PORT",
-            "FACTORY_TRITON_METRICS_PORT", "FACTORY_PROMETHEUS_PORT",
-            "FACTORY_ALERTMANAGER_PORT", "FACTORY_RETRAINER_METRICS_PORT",
-            "FACTORY_WORKER_WEB_PORT")},
-    })
-    return env
 
 
 class Shell:
@@ -74,17 +49,6 @@ class Shell:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-
-
-def metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except (OSError, http.client.HTTPException):
-        # Down, or a free port that a connection of its own happened to take.
-        return {}
-    return {name: float(value) for name, _, value in
-            (line.rpartition(" ") for line in text.splitlines() if line and line[0] != "#")}
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.fault_rig import start_empty
 from tests.conftest import publish_test_model
 from tests.streams.factory_shell import Shell, metrics, read_scores, shell, wait_ready
 from tests.streams.sink_checks import read_to_end
@@ -86,13 +86,7 @@ def test_a_redis_restarted_empty_is_filled_again_before_scoring_and_features_sta
     redis = Stack(settings).services["redis"]
     os.kill(labels_pid, signal.SIGSTOP)
     try:
-        redis.stop()
-        for leftover in (redis.home / "appendonlydir", redis.home / "dump.rdb"):
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            elif leftover.exists():
-                leftover.unlink()
-        redis.start()
+        start_empty(redis)
         assert producer.is_alive(), "the stream ended before Redis was lost: make it longer"
         deadline = time.monotonic() + 60
         while metrics(port).get('factory_waiting_for_lost_state{state="labels"}') != 1.0:
