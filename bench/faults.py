@@ -195,7 +195,7 @@ def _verify(rig: Rig, frame: pd.DataFrame, injected: Injected, records: list[Fau
             watch: Watch, end: float) -> dict[str, Any]:
     from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES
     from streams.deadletter import read_headers
-    from streams.feature_log import read_feature_log
+    from streams.feature_log import read_feature_log, wait_for_feature_log
 
     kafka, settings = rig.endpoints["kafka"], rig.settings
     valid = set(frame["TRANSACTION_ID"].tolist()) | injected.extra_valid
@@ -229,7 +229,13 @@ def _verify(rig: Rig, frame: pd.DataFrame, injected: Injected, records: list[Fau
                     break
         first_seen.add(tx)
 
-    logged = read_feature_log(rig.tmp / "state" / "feature_log")
+    # The rows of the last scores reach the feature log at the scorer's next checkpoint.
+    root = rig.tmp / "state" / "feature_log"
+    try:
+        logged = wait_for_feature_log(root, set(frame["TRANSACTION_ID"].tolist()))
+    except TimeoutError as missing:
+        log(f"  {missing}")
+        logged = read_feature_log(root)
     names = [SERVING_NAMES[c] for c in MODEL_FEATURE_COLUMNS]
     logged = logged[logged["tx_id"].isin(frame["TRANSACTION_ID"])]
     reference = frame.set_index("TRANSACTION_ID").loc[logged["tx_id"]]

@@ -117,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(Settings.from_env())
         if args.command == "up":
             endpoints = stack.up(args.services or None)
+            if not args.services or "redis" in args.services:
+                # The workers read the feature service from Feast's registry: a fresh
+                # clone has none until the repository is applied.
+                from streams.feast_client import apply_repo
+
+                apply_repo(endpoints.redis)
+                print(f"{'feast':<11} feature_repo applied", flush=True)
             if "triton" in stack.services and (not args.services or "triton" in args.services):
                 _load_routed_versions(stack.settings, endpoints.redis, endpoints.triton)
         elif args.command == "down":

@@ -204,6 +204,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     settings = settings_from(env)
     try:
         out = shell("up", timeout=600)
+        assert "feature_repo applied" in out, out  # a fresh clone's workers need it
         endpoints = Endpoints.load(settings.state_dir / "endpoints.json")
         yield Secured(shell, tmp, settings, endpoints, outputs=[out])
     finally:
