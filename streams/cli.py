@@ -138,15 +138,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_routed_versions(settings: Settings, redis_url: str, triton_url: str) -> None:
-    """A local Triton starts with what the route serves (the registry's champion when
-    Redis has no route) loaded: one pass of the serving guard. Nothing before a first
-    champion exists; a failure is reported, and the guard of ``factory serve`` retries."""
+    """A local Triton (each of them) starts with what the route serves (the registry's
+    champion when Redis has no route) loaded: one pass of the serving guard. Nothing
+    before a first champion exists; a failure is reported, and the guard of ``factory
+    serve`` retries."""
     from models.registry import Registry
     from streams.serving_guard import triton_guard
+    from streams.triton_fleet import triton_urls
 
     if Registry(settings.model_registry_dir).champion() is None:
         return
-    guard = triton_guard(redis_url=redis_url, triton_urls=[triton_url],
+    guard = triton_guard(redis_url=redis_url, triton_urls=triton_urls(triton_url),
                          registry_dir=settings.model_registry_dir,
                          repo_dir=settings.triton_repo)
     try:
@@ -312,11 +314,12 @@ def _list_models(registry: Registry) -> None:
 
 
 def _serving_lines(settings: Settings) -> list[str]:
-    """What Triton serves now (its READY versions) and where the router sends the
+    """What each Triton serves now (its READY versions) and where the router sends the
     workers; says so when either cannot be asked."""
     from infra.local.manager import Endpoints
     from streams.router import ModelRouter
     from streams.scoring import MODEL_NAME
+    from streams.triton_fleet import endpoint_label, triton_urls
 
     path = settings.state_dir / "endpoints.json"
     local = Endpoints.load(path) if path.exists() else None
@@ -326,19 +329,20 @@ def _serving_lines(settings: Settings) -> list[str]:
     lines = []
     if triton is None:
         lines.append("Triton: no endpoint (run 'factory up' or set TRITON_URL)")
-    else:
+    for url in triton_urls(triton) if triton else []:
         import tritonclient.grpc as grpc
 
         try:
-            client = grpc.InferenceServerClient(triton)
+            client = grpc.InferenceServerClient(url)
             index = client.get_model_repository_index(as_json=True).get("models", [])
             client.close()
             ready = sorted(int(m["version"]) for m in index
                            if m.get("name") == MODEL_NAME and m.get("state") == "READY")
-            lines.append(f"Triton {triton}: {MODEL_NAME} versions READY: "
+            lines.append(f"Triton {endpoint_label(url)}: {MODEL_NAME} versions READY: "
                          f"{', '.join(map(str, ready)) or 'none'}")
         except Exception as exc:  # noqa: BLE001 - a status line, not a failure
-            lines.append(f"Triton {triton}: not reachable ({type(exc).__name__})")
+            lines.append(f"Triton {endpoint_label(url)}: not reachable "
+                         f"({type(exc).__name__})")
     if redis_url is None:
         lines.append("route: no Redis endpoint (run 'factory up' or set REDIS_URL)")
     else:
@@ -518,8 +522,9 @@ def retrainer_main(argv: list[str]) -> int:
     guard = None
     if not args.no_guard:
         from streams.serving_guard import GuardMetrics, triton_guard
+        from streams.triton_fleet import triton_urls
 
-        guard = triton_guard(redis_url=endpoints.redis, triton_urls=[endpoints.triton],
+        guard = triton_guard(redis_url=endpoints.redis, triton_urls=triton_urls(endpoints.triton),
                              registry_dir=settings.model_registry_dir, repo_dir=args.repo,
                              events=ModelEvents(endpoints.kafka, settings, metrics),
                              metrics=GuardMetrics(metrics.registry)).start(stop)

@@ -89,17 +89,20 @@ def ensure_first_model(repo: Path, reference: pd.DataFrame, size: JobSize, seed:
 
 
 def load_model(triton_url: str, versions: list[int], repo: Path = TRITON_REPO) -> None:
-    """Load exactly ``versions`` of ``fraud_detector`` into Triton (explicit control)."""
+    """Load exactly ``versions`` of ``fraud_detector`` into Triton (explicit control), on
+    each endpoint of ``triton_url`` (one, or several comma-separated)."""
     import tritonclient.grpc as grpcclient
 
     from models.triton_config import load_request_config
+    from streams.triton_fleet import triton_urls
 
-    client = grpcclient.InferenceServerClient(url=triton_url)
     config = load_request_config(repo / "fraud_detector" / "config.pbtxt", versions)
-    client.load_model("fraud_detector", config=config)
-    for version in versions:
-        if not client.is_model_ready("fraud_detector", str(version)):
-            raise RuntimeError(f"fraud_detector version {version} did not become ready")
+    for url in triton_urls(triton_url):
+        client = grpcclient.InferenceServerClient(url=url)
+        client.load_model("fraud_detector", config=config)
+        for version in versions:
+            if not client.is_model_ready("fraud_detector", str(version)):
+                raise RuntimeError(f"fraud_detector version {version} did not become ready")
 
 
 def reset_online_store(redis_url: str) -> None:

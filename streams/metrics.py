@@ -36,6 +36,25 @@ class WorkerMetrics:
         self.triton_errors = Counter(
             "factory_triton_errors", "Failed Triton calls (retried)", registry=r
         )
+        self.triton_endpoint_requests = Counter(
+            "factory_triton_endpoint_requests", "Triton requests answered, by endpoint "
+            "(host:port)", ["endpoint"], registry=r,
+        )
+        self.triton_endpoint_failures = Counter(
+            "factory_triton_endpoint_failures", "Failed Triton attempts and health probes, by "
+            "endpoint (each request retried on another endpoint or later)", ["endpoint"],
+            registry=r,
+        )
+        self.triton_endpoint_up = Gauge(
+            "factory_triton_endpoint_up", "1 while a Triton endpoint takes requests, 0 while "
+            "it is skipped after a failure (probed again with backoff)", ["endpoint"],
+            registry=r,
+        )
+        self.triton_failed_requests = Counter(
+            "factory_triton_failed_requests", "Triton requests that failed on every endpoint "
+            "worth trying, so that their batch waited (each is retried with backoff until it "
+            "succeeds)", registry=r,
+        )
         self.stage_seconds = Counter(
             "factory_stage_seconds", "Wall seconds spent in each stage of the micro-batches",
             ["stage"], registry=r,
@@ -73,6 +92,14 @@ class WorkerMetrics:
         self.ready = Gauge(
             "factory_worker_ready", "1 once the worker can score (Feast, Triton, model)",
             registry=r,
+        )
+        self.partitions_owned = Gauge(
+            "factory_partitions_owned", "Input partitions this worker owns in its consumer "
+            "group", ["topic"], registry=r,
+        )
+        self.rebalances = Counter(
+            "factory_partition_assignments", "Partition assignments this worker received "
+            "(one a rebalance of its group)", registry=r,
         )
         self.consumer_lag = Gauge(
             "factory_consumer_lag", "Events behind the end of an input partition, after "

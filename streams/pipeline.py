@@ -86,7 +86,8 @@ class ScoringPipeline:
         self.scorer = TritonScorer(self.config.triton_url,
                                    on_error=lambda exc: self.metrics.triton_errors.inc(),
                                    request_rows=self.config.request_rows,
-                                   in_flight=self.config.in_flight)
+                                   in_flight=self.config.in_flight,
+                                   metrics=self.metrics)
         await self.scorer.connect()
         if self.scorer.n_features != len(self.features.order):
             raise RuntimeError(

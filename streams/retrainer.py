@@ -405,7 +405,8 @@ def connect(config: RetrainerConfig, settings: Settings, *, kafka: str, redis_ur
             labels_start: dict[int, int] | None = None,
             metrics: RetrainerMetrics | None = None) -> Retrainer:
     """A retrainer on real services: Kafka (labels, model-events), the router in Redis,
-    Triton, and the registry of the settings."""
+    Triton (``triton_url``: one endpoint, or several comma-separated, each loaded and
+    unloaded alike), and the registry of the settings."""
     from streams.swap import triton_loader, triton_ready_versions
 
     metrics = metrics or RetrainerMetrics(drift_hold_seconds=config.thresholds.cooldown_seconds)

@@ -1,5 +1,6 @@
 """Scoring micro-batches through Triton over async gRPC, and decisions from scores.
 
+Requests go to one Triton or are spread over several (:mod:`streams.triton_fleet`).
 Tensor names and the model's feature count come from the model configuration Triton
 serves (``config.pbtxt`` is their one source); every request names its model version
 explicitly so that a swap never mixes versions inside a batch.
@@ -8,12 +9,19 @@ explicitly so that a swap never mixes versions inside a batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streams.records import Decision
+from streams.triton_fleet import Endpoint, EndpointPool, endpoint_label, triton_urls
+
+if TYPE_CHECKING:
+    from streams.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "fraud_detector"
@@ -104,11 +112,23 @@ class ReviewBudget:
 
 
 class TritonScorer:
-    """Async gRPC client of ``fraud_detector``; retries with backoff and never drops a batch."""
+    """Async gRPC client of ``fraud_detector`` on one Triton or several; retries with
+    backoff and never drops a batch.
+
+    ``url`` names one endpoint or several, comma-separated (:mod:`streams.triton_fleet`).
+    Requests take turns over the endpoints that are up; a request that fails on one is
+    sent again at once to another, and waits its backoff only once it failed on every
+    endpoint worth trying. A failed endpoint is skipped until a health probe (server
+    live, and the model versions the traffic asks for READY) finds it serving again.
+    With ``metrics`` (:class:`streams.metrics.WorkerMetrics`) each endpoint's requests,
+    failed attempts and state are exported, labelled ``host:port``.
+    """
 
     def __init__(self, url: str, model: str = MODEL_NAME, max_backoff_s: float = 2.0,
                  on_error=None, request_rows: int = 1024,  # noqa: ANN001 - plain callback
-                 in_flight: int = 4) -> None:
+                 in_flight: int = 4, metrics: WorkerMetrics | None = None,
+                 health_every_s: float = 1.0, probe_timeout_s: float = 2.0,
+                 clients: dict[str, Any] | None = None) -> None:
         import tritonclient.grpc.aio as grpcclient
 
         self._grpc = grpcclient
@@ -116,19 +136,30 @@ class TritonScorer:
         self.model = model
         self.max_backoff_s = max_backoff_s
         self.on_error = on_error
-        self.client = grpcclient.InferenceServerClient(url=url)
+        self.pool = EndpointPool(triton_urls(url), max_pause_s=max(5.0, max_backoff_s))
+        # One aio client an endpoint (``clients`` replaces them, as a test does).
+        self.clients = clients or {e.url: grpcclient.InferenceServerClient(url=e.url)
+                                   for e in self.pool.endpoints}
+        self.metrics = metrics
+        self.health_every_s = health_every_s
+        self.probe_timeout_s = probe_timeout_s
         self.request_rows = request_rows
         self.in_flight = asyncio.Semaphore(in_flight)
         self.input_name = ""
         self.output_name = ""
         self.n_features = 0
+        self._asked: dict[int, float] = {}
+        self._health: asyncio.Task[None] | None = None
+        for endpoint in self.pool.endpoints:
+            self._export_state(endpoint)
 
     async def connect(self, timeout_s: float = 60.0) -> None:
-        """Read tensor names and shapes from the served model configuration."""
+        """Read tensor names and shapes from the served model configuration (of the first
+        endpoint that answers), and start the endpoints' health probes."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             try:
-                config = (await self.client.get_model_config(self.model, as_json=True))["config"]
+                config = await self._model_config()
                 break
             except Exception as exc:  # noqa: BLE001
                 if asyncio.get_running_loop().time() > deadline:
@@ -137,14 +168,42 @@ class TritonScorer:
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
         self.n_features = int(config["input"][0]["dims"][-1])
+        if self._health is None:
+            self._health = asyncio.create_task(self._watch_endpoints())
+
+    async def _model_config(self) -> dict:
+        error: Exception | None = None
+        for endpoint in self.pool.endpoints:
+            try:
+                reply = await self.clients[endpoint.url].get_model_config(
+                    self.model, as_json=True, client_timeout=self.probe_timeout_s)
+                return reply["config"]
+            except Exception as exc:  # noqa: BLE001 - the next endpoint may answer
+                error = exc
+        assert error is not None
+        raise error
 
     async def ready_versions(self) -> list[int]:
-        """Versions of the model that Triton reports READY, ascending."""
-        index = await self.client.get_model_repository_index(as_json=True)
-        return sorted(
-            int(m["version"]) for m in index.get("models", [])
-            if m.get("name") == self.model and m.get("state") == "READY" and "version" in m
-        )
+        """Versions of the model READY on every endpoint that serves it, ascending (an
+        endpoint that is down or has nothing loaded is left out; raises when none
+        answers)."""
+        found: list[set[int]] = []
+        error: Exception | None = None
+        for endpoint in self.pool.endpoints:
+            try:
+                index = await self.clients[endpoint.url].get_model_repository_index(
+                    as_json=True, client_timeout=self.probe_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - an endpoint that is down serves nothing
+                error = exc
+                continue
+            found.append({int(m["version"]) for m in index.get("models", [])
+                          if m.get("name") == self.model and m.get("state") == "READY"
+                          and "version" in m})
+        if not found:
+            assert error is not None
+            raise error
+        serving = [versions for versions in found if versions]
+        return sorted(set.intersection(*serving)) if serving else []
 
     async def score(self, features: np.ndarray, version: int,
                     attempts: int | None = None) -> np.ndarray:
@@ -152,13 +211,14 @@ class TritonScorer:
 
         The batch goes out as requests of at most ``request_rows`` rows, up to
         ``in_flight`` of them at once (over every batch of this client), which Triton's
-        dynamic batcher may merge again. Each request retries with backoff until it
-        succeeds, or raises the last error after ``attempts`` failures when given.
+        dynamic batcher may merge again. Each request retries until it succeeds, or
+        raises the last error after ``attempts`` failed attempts when given.
         """
         if features.ndim != 2 or features.shape[1] != self.n_features:
             raise ValueError(
                 f"features must be [n, {self.n_features}], got {list(features.shape)}"
             )
+        self._asked[version] = time.monotonic()
         batch = np.ascontiguousarray(features, dtype=np.float32)
         if len(batch) <= self.request_rows:
             return await self._request(batch, version, attempts)
@@ -174,25 +234,120 @@ class TritonScorer:
     async def _infer(self, batch: np.ndarray, version: int,
                      attempts: int | None) -> np.ndarray:
         backoff = 0.05
+        tried: set[str] = set()
+        waited = False
+        last: Exception | None = None
         while True:
+            endpoint = self.pool.pick(tried)
+            if endpoint is None:
+                # Failed on every endpoint worth trying: the request waits, as it did
+                # with one Triton.
+                if self.metrics is not None and not waited:
+                    self.metrics.triton_failed_requests.inc()
+                waited = True
+                log.warning("Triton call failed on %s (%s); retrying in %.2f s",
+                            ", ".join(sorted(endpoint_label(u) for u in tried)), last,
+                            backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                tried.clear()
+                continue
+            sent_at = self.pool.clock()
             try:
                 tensor = self._grpc.InferInput(self.input_name, list(batch.shape), "FP32")
                 tensor.set_data_from_numpy(batch)
-                result = await self.client.infer(
+                result = await self.clients[endpoint.url].infer(
                     self.model, [tensor], model_version=str(version),
                     outputs=[self._grpc.InferRequestedOutput(self.output_name)],
                 )
-                return result.as_numpy(self.output_name).reshape(-1)
             except Exception as exc:  # noqa: BLE001 - every failure is retried
+                last = exc
                 if self.on_error is not None:
                     self.on_error(exc)
+                self._failed(endpoint, f"version {version}: {exc}")
                 if attempts is not None:
                     attempts -= 1
                     if attempts <= 0:
                         raise
-                log.warning("Triton call failed (%s); retrying in %.2f s", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
+                tried.add(endpoint.url)
+                continue
+            if self.metrics is not None:
+                self.metrics.triton_endpoint_requests.labels(endpoint.label).inc()
+            if self.pool.succeeded(endpoint, sent_at):
+                log.info("Triton %s answers again", endpoint.label)
+                self._export_state(endpoint)
+            return result.as_numpy(self.output_name).reshape(-1)
+
+    def _failed(self, endpoint: Endpoint, why: str) -> None:
+        if self.metrics is not None:
+            self.metrics.triton_endpoint_failures.labels(endpoint.label).inc()
+        if self.pool.failed(endpoint):
+            others = len(self.pool.up_endpoints())
+            log.warning("Triton %s failed (%s); skipped while %d other endpoint(s) serve, "
+                        "probed again in %.2f s", endpoint.label, why[:300], others,
+                        endpoint.next_probe - self.pool.clock())
+            self._export_state(endpoint)
+
+    def _export_state(self, endpoint: Endpoint) -> None:
+        if self.metrics is not None:
+            self.metrics.triton_endpoint_up.labels(endpoint.label).set(1 if endpoint.up else 0)
+
+    def asked_versions(self, within_s: float) -> list[int]:
+        """The versions requests asked for in the last ``within_s`` seconds."""
+        since = time.monotonic() - within_s
+        return sorted(v for v, at in self._asked.items() if at >= since)
+
+    async def probe(self, endpoint: Endpoint) -> bool:
+        """One health probe: the server live, and (for a resting endpoint) every version
+        the traffic asked for lately READY; the pool and the metrics are told.
+
+        Not the server's readiness: with strict readiness a Triton reports not ready
+        while any model loads, as every swap makes it do, though the versions already
+        loaded keep serving; the versions' own readiness is what a request needs.
+        """
+        client = self.clients[endpoint.url]
+        sent_at = self.pool.clock()
+        try:
+            ready = await client.is_server_live(client_timeout=self.probe_timeout_s)
+            versions = [] if endpoint.up else self.asked_versions(2 * self.health_every_s)
+            for version in versions:
+                ready = ready and await client.is_model_ready(
+                    self.model, str(version), client_timeout=self.probe_timeout_s)
+            why = "not live" if not versions else f"versions {versions} not all READY"
+        except Exception as exc:  # noqa: BLE001 - an endpoint that does not answer is down
+            ready, why = False, f"probe: {type(exc).__name__}"
+        if not ready:
+            self._failed(endpoint, why)
+            return False
+        if self.pool.succeeded(endpoint, sent_at):
+            log.info("Triton %s is ready again; it takes requests", endpoint.label)
+            self._export_state(endpoint)
+        return True
+
+    async def check_endpoints(self, every: bool = False) -> None:
+        """Probe the resting endpoints that are due (and, with ``every``, those up)."""
+        targets = self.pool.due() + (self.pool.up_endpoints() if every else [])
+        await asyncio.gather(*(self.probe(endpoint) for endpoint in targets))
+
+    async def _watch_endpoints(self) -> None:
+        """Resting endpoints probed when due, the others every ``health_every_s``."""
+        last_full = 0.0
+        while True:
+            now = time.monotonic()
+            full = now - last_full >= self.health_every_s
+            try:
+                await self.check_endpoints(every=full)
+            except Exception:  # noqa: BLE001 - the probes must outlive any one failure
+                log.exception("Triton health probes failed; trying again")
+            if full:
+                last_full = now
+            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+            self._health = None
+        for client in self.clients.values():
+            await client.close()

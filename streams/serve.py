@@ -167,17 +167,21 @@ class Service:
                           registry=self.metrics.registry)
 
     def start_guard(self) -> None:
-        """The serving guard (:mod:`streams.serving_guard`) on a thread of its own."""
+        """The serving guard (:mod:`streams.serving_guard`) on a thread of its own, over
+        every Triton endpoint."""
         from streams.model_events import ModelEvents
         from streams.serving_guard import GuardMetrics, triton_guard
+        from streams.triton_fleet import endpoint_label, triton_urls
 
+        urls = triton_urls(self.endpoints.triton)
         self.guard = triton_guard(
-            redis_url=self.endpoints.redis, triton_urls=[self.endpoints.triton],
+            redis_url=self.endpoints.redis, triton_urls=urls,
             registry_dir=self.settings.model_registry_dir, repo_dir=self.args.repo,
             events=ModelEvents(self.endpoints.kafka, self.settings, self.metrics),
             metrics=GuardMetrics(self.metrics.registry))
         self.guard_thread = self.guard.start(self.stop)
-        print(f"serve: serving guard watching {self.endpoints.triton}", flush=True)
+        print(f"serve: serving guard watching {', '.join(map(endpoint_label, urls))}",
+              flush=True)
 
     def start_retrainer(self) -> None:
         from streams.retrainer import connect

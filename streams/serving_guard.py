@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from models.registry import Registry
 from streams.model_events import ModelEvents
 from streams.router import ModelRouter, Route
+from streams.triton_fleet import endpoint_label
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ class EndpointState:
     next_try: float = 0.0
     pause_s: float = 1.0
     last_error: str = ""
+
+    @property
+    def label(self) -> str:
+        """``host:port``, as logs and model events show it (never a credential)."""
+        return endpoint_label(self.url)
 
 
 @dataclass
@@ -140,13 +146,13 @@ class ServingGuard:
         missing = [v for v in wanted if v not in ready]
         if not missing:
             if endpoint.down_since is not None:
-                log.info("Triton %s serves %s again", endpoint.url, wanted)
+                log.info("Triton %s serves %s again", endpoint.label, wanted)
             endpoint.down_since, endpoint.pause_s, endpoint.next_try = None, 1.0, 0.0
             return True
         if endpoint.down_since is None:
             endpoint.down_since = now
             log.warning("Triton %s does not have routed version(s) %s READY (it has %s); "
-                        "loading them from the repository", endpoint.url, missing, ready)
+                        "loading them from the repository", endpoint.label, missing, ready)
         if now < endpoint.next_try:
             return False
         started = time.monotonic()
@@ -159,11 +165,11 @@ class ServingGuard:
         self.repairs += 1
         report.loaded[endpoint.url] = missing
         log.warning("Triton %s: loaded routed version(s) %s again (serving was down %.1f s)",
-                    endpoint.url, missing, down_for)
+                    endpoint.label, missing, down_for)
         if self.metrics is not None:
             self.metrics.repairs.labels(kind="load").inc()
         if self.events is not None:
-            self.events.publish("serving_restored", versions=missing, endpoint=endpoint.url,
+            self.events.publish("serving_restored", versions=missing, endpoint=endpoint.label,
                                 down_seconds=round(down_for, 3),
                                 load_seconds=round(time.monotonic() - started, 3))
         endpoint.down_since, endpoint.pause_s, endpoint.next_try = None, 1.0, 0.0
@@ -174,7 +180,7 @@ class ServingGuard:
         if endpoint.down_since is None:
             endpoint.down_since = now
         if error != endpoint.last_error:
-            log.warning("Triton %s: %s; retrying in %.0f s", endpoint.url, error,
+            log.warning("Triton %s: %s; retrying in %.0f s", endpoint.label, error,
                         endpoint.pause_s)
         endpoint.last_error = error
         report.failed[endpoint.url] = error

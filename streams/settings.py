@@ -87,6 +87,8 @@ class Settings:
     redis_password: Secret | None = None
     # An ACL user of the local Redis instead of its default user.
     redis_username: str | None = None
+    # One Triton gRPC endpoint, or several comma-separated that serve the same model
+    # repository (the workers spread their requests over them).
     triton_url: str | None = None
     state_dir: Path = REPO_ROOT / ".factory"
     kafka_port: int = 9092
@@ -95,6 +97,9 @@ class Settings:
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
+    # Local Tritons `factory up` starts over the same model repository; replica k
+    # answers on the three ports above shifted by k times their span (8003-8005, ...).
+    triton_replicas: int = 1
     prometheus_port: int = 9090
     # Alertmanager's usual 9093 is the local Kafka controller's port.
     alertmanager_port: int = 9094
@@ -103,6 +108,9 @@ class Settings:
     worker_web_port: int = 6066
     retrainer_metrics_port: int = 8110
     partitions: int = 4
+    # Kafka static group membership of `factory worker` (FACTORY_GROUP_INSTANCE_ID;
+    # a StatefulSet pod's name, say): unique within each consumer group.
+    group_instance_id: str | None = None
     registry_dir: Path | None = None
     # The Triton model repository: what the local Triton mounts and the model commands
     # publish to (FACTORY_TRITON_REPO).
@@ -147,6 +155,7 @@ class Settings:
                 ("worker_web_port", "FACTORY_WORKER_WEB_PORT"),
                 ("retrainer_metrics_port", "FACTORY_RETRAINER_METRICS_PORT"),
                 ("partitions", "FACTORY_PARTITIONS"),
+                ("triton_replicas", "FACTORY_TRITON_REPLICAS"),
             )
             if (value := _env(var)) is not None
         }
@@ -160,6 +169,7 @@ class Settings:
             redis_password=_secret("REDIS_PASSWORD"),
             redis_username=_env("REDIS_USERNAME"),
             triton_url=_env("TRITON_URL"),
+            group_instance_id=_env("FACTORY_GROUP_INSTANCE_ID"),
             alert_webhook_url=_secret("FACTORY_ALERT_WEBHOOK_URL"),
             state_dir=state_dir,
             registry_dir=Path(registry) if registry else None,

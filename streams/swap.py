@@ -7,6 +7,10 @@ afterwards goes to N+1, whole), and N is unloaded only once every live worker ha
 acknowledged the new route. N's files stay in the repository, so a rollback loads N
 again and promotes it the same way, once :func:`compare_live` finds N+1 worse on the
 rows it scored live whose labels have matured.
+
+With several Tritons (``TRITON_URL`` a comma-separated list) every load and unload goes
+to every endpoint, and N+1 is routed to only once every endpoint reports it READY: a
+worker may send any request to any endpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from streams.model_events import ModelEvents
 from streams.retrain_inputs import FeatureLogTail, LabelBook
 from streams.retrain_policy import RollbackVerdict, ShadowStats, rollback_verdict
 from streams.router import ModelRouter, Route, RouteBusy
+from streams.triton_fleet import endpoint_label, triton_urls
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +106,44 @@ def score_onnx(path: Path | str, features: np.ndarray, batch: int = 4096) -> np.
 
 
 def triton_loader(triton_url: str, repo_dir: Path) -> Callable[[list[int]], None]:
-    """``load(versions)``: exactly those versions of the model loaded in Triton."""
+    """``load(versions)``: exactly those versions of the model loaded in Triton, on every
+    endpoint of ``triton_url`` (one URL or several, comma-separated).
+
+    Every endpoint is asked even when one fails, so that an unload after a drain leaves
+    no endpoint behind because another was down; the failures are raised together.
+    """
     from streams.job import load_model
 
-    return lambda versions: load_model(triton_url, sorted(set(versions)), repo=repo_dir)
+    urls = triton_urls(triton_url)
+
+    def load(versions: list[int]) -> None:
+        failed = []
+        for url in urls:
+            try:
+                load_model(url, sorted(set(versions)), repo=repo_dir)
+            except Exception as exc:  # noqa: BLE001 - the others are still asked
+                failed.append(f"{endpoint_label(url)}: {exc}")
+        if failed:
+            raise RuntimeError(f"versions {sorted(set(versions))} not loaded on "
+                               f"{len(failed)} of {len(urls)} Triton endpoint(s): "
+                               + "; ".join(failed))
+
+    return load
 
 
 def triton_ready_versions(triton_url: str, model: str = MODEL_NAME) -> list[int]:
-    """Versions of ``model`` that Triton reports READY, ascending."""
+    """Versions of ``model`` that Triton reports READY, ascending; with several endpoints
+    (comma-separated), those READY on every one of them (raises when one is down)."""
     import tritonclient.grpc as grpcclient
 
-    with grpcclient.InferenceServerClient(url=triton_url) as client:
-        index = client.get_model_repository_index(as_json=True, client_timeout=10.0)
-    return sorted(int(m["version"]) for m in index.get("models", [])
-                  if m.get("name") == model and m.get("state") == "READY" and "version" in m)
+    ready: set[int] | None = None
+    for url in triton_urls(triton_url):
+        with grpcclient.InferenceServerClient(url=url) as client:
+            index = client.get_model_repository_index(as_json=True, client_timeout=10.0)
+        here = {int(m["version"]) for m in index.get("models", [])
+                if m.get("name") == model and m.get("state") == "READY" and "version" in m}
+        ready = here if ready is None else ready & here
+    return sorted(ready or ())
 
 
 def compare_live(tail: FeatureLogTail, book: LabelBook, new: int, old_onnx: Path, now: float,
@@ -142,9 +171,11 @@ class ModelSwapper:
     Parameters
     ----------
     load
-        ``load(versions)`` leaves exactly ``versions`` loaded (:func:`triton_loader`).
+        ``load(versions)`` leaves exactly ``versions`` loaded on every Triton endpoint
+        (:func:`triton_loader`).
     ready
-        The versions loaded now (:func:`triton_ready_versions`).
+        The versions READY now on every endpoint (:func:`triton_ready_versions`); a
+        version is routed to only once it is among them.
     router, registry, events
         The route workers follow, the model registry, the ``model-events`` publisher.
     shadow_stats
@@ -274,9 +305,14 @@ class ModelSwapper:
         return report
 
     def _load_both(self, serving: int, other: int, report: SwapReport) -> None:
+        """``other`` loaded beside ``serving``, and READY on every endpoint: only then
+        may the route send a request to it."""
         clock = time.monotonic()
         try:
             self.load([serving, other])
+            ready = self.ready()
+            if other not in ready:
+                raise RuntimeError(f"not READY on every endpoint (READY everywhere: {ready})")
         except Exception as exc:
             self._load_quietly([serving])
             raise SwapError(f"Triton could not load version {other} beside {serving}: "

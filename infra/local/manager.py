@@ -4,6 +4,10 @@ A service whose URL is given in the settings (``KAFKA_BOOTSTRAP_SERVERS``, ``RED
 ``TRITON_URL``) is external: nothing is started for it and ``down`` never touches it.
 The endpoints in use are written to ``<state_dir>/endpoints.json`` so that every
 process of the factory (worker, producer, tests) finds the same services.
+
+``FACTORY_TRITON_REPLICAS`` local Tritons serve the same model repository (services
+``triton``, ``triton-2``, ...; ``triton`` names them all in ``up`` and ``down``); the
+endpoints carry their gRPC addresses comma-separated, as ``TRITON_URL`` takes them.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local.alertmanager import AlertmanagerService
-from infra.local.base import LocalService, ServiceError, port_is_open
+from infra.local.base import LocalService, PrerequisiteError, ServiceError, port_is_open
 from infra.local.kafka import KafkaService
 from infra.local.kafka_security import KafkaSecurity
 from infra.local.prometheus import PrometheusService
 from infra.local.redis import RedisService
-from infra.local.triton import TritonService
+from infra.local.triton import TritonService, replica_name, replica_ports
 from streams.settings import Settings
 
 # Alertmanager before Prometheus, so that the first alerts have somewhere to go.
@@ -34,8 +38,10 @@ class Endpoints:
     kafka: str
     redis: str
     triton: str
+    """One gRPC endpoint, or several comma-separated (as ``TRITON_URL``)."""
     prometheus: str | None = None
     triton_metrics: str | None = None
+    """The local Tritons' metrics addresses, comma-separated."""
     alertmanager: str | None = None
 
     def save(self, path: Path) -> None:
@@ -73,24 +79,21 @@ class Stack:
                 username=settings.redis_username,
             )
         if settings.triton_url is None:
-            self.services["triton"] = TritonService(
-                state,
-                ports={
-                    "http": settings.triton_http_port,
-                    "grpc": settings.triton_grpc_port,
-                    "metrics": settings.triton_metrics_port,
-                },
-                model_repository=triton_repo or settings.triton_repo,
-            )
-        triton_metrics = (
-            f"127.0.0.1:{settings.triton_metrics_port}" if "triton" in self.services else None
-        )
+            if settings.triton_replicas < 1:
+                raise PrerequisiteError("FACTORY_TRITON_REPLICAS must be at least 1")
+            ports = {"http": settings.triton_http_port, "grpc": settings.triton_grpc_port,
+                     "metrics": settings.triton_metrics_port}
+            for index in range(settings.triton_replicas):
+                self.services[replica_name(index)] = TritonService(
+                    state, ports=replica_ports(ports, index), name=replica_name(index),
+                    model_repository=triton_repo or settings.triton_repo,
+                )
         # The scoring worker's metrics port and the labels worker's after it (the
         # workers' defaults, streams/worker.py).
         targets = {"factory-worker": [f"127.0.0.1:{settings.worker_metrics_port + i}"
                                       for i in (0, 1)]}
-        if triton_metrics:
-            targets["triton"] = [triton_metrics]
+        if self.tritons:
+            targets["triton"] = [f"127.0.0.1:{t.ports['metrics']}" for t in self.tritons]
         # The retrainer and serving guard of `factory serve` / `factory retrainer`.
         targets["factory-retrainer"] = [f"127.0.0.1:{settings.retrainer_metrics_port}"]
         webhook = settings.alert_webhook_url.get() if settings.alert_webhook_url else None
@@ -106,21 +109,30 @@ class Stack:
     def endpoints_file(self) -> Path:
         return self.settings.state_dir / "endpoints.json"
 
+    @property
+    def tritons(self) -> list[LocalService]:
+        """The local Tritons, the first one first (none when ``TRITON_URL`` is set)."""
+        return [service for name, service in self.services.items()
+                if _kind(name) == "triton"]
+
     def endpoints(self) -> Endpoints:
         s = self.settings
         kafka = s.kafka.bootstrap_servers or self.services["kafka"].url()
         redis = s.redis_url.get() if s.redis_url else self.services["redis"].url()
-        triton = s.triton_url or self.services["triton"].url()
+        triton = s.triton_url or ",".join(t.url() for t in self.tritons)
         prometheus = self.services["prometheus"].url()
-        metrics = (
-            f"127.0.0.1:{s.triton_metrics_port}" if "triton" in self.services else None
-        )
+        metrics = ",".join(f"127.0.0.1:{t.ports['metrics']}" for t in self.tritons) or None
         alertmanager = self.services["alertmanager"].url()
         return Endpoints(kafka, redis, triton, prometheus, metrics, alertmanager)
 
+    def _ordered(self) -> list[str]:
+        """The services in start order, each Triton replica after the first."""
+        return [name for kind in SERVICE_ORDER for name in self.services
+                if _kind(name) == kind]
+
     def _selected(self, names: Iterable[str] | None) -> list[str]:
         wanted = set(names) if names else set(SERVICE_ORDER)
-        return [n for n in SERVICE_ORDER if n in wanted and n in self.services]
+        return [n for n in self._ordered() if n in wanted or _kind(n) in wanted]
 
     def up(self, names: Iterable[str] | None = None, echo: bool = True) -> Endpoints:
         """Start the selected local services (all by default) and wait until healthy."""
@@ -156,7 +168,9 @@ class Stack:
     def status(self) -> dict[str, str]:
         """One word a service: up, starting, down, or external."""
         report: dict[str, str] = {}
-        for name in SERVICE_ORDER:
+        names = [name for kind in SERVICE_ORDER
+                 for name in [n for n in self._ordered() if _kind(n) == kind] or [kind]]
+        for name in names:
             service = self.services.get(name)
             if service is None:
                 report[name] = "external"
@@ -170,3 +184,8 @@ class Stack:
             except Exception:  # noqa: BLE001 - a failed health check is "starting"
                 report[name] = "starting"
         return report
+
+
+def _kind(name: str) -> str:
+    """The kind of a service: ``triton`` for ``triton-2``, its name otherwise."""
+    return name.partition("-")[0]

@@ -26,6 +26,9 @@ how the model exchanges tensors so that numpy 2 works as well.
 
 Models are not loaded at start (explicit model control); clients load and unload
 versions through the model repository API, which is how versions are swapped live.
+Several local Tritons (``FACTORY_TRITON_REPLICAS``) are several services over the same
+model repository, each with a state folder and ports of its own
+(:func:`replica_ports`).
 """
 
 from __future__ import annotations
@@ -224,6 +227,26 @@ class TritonService(LocalService):
                 return reply.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+
+def replica_name(index: int) -> str:
+    """The service name of local Triton ``index`` (from 0): ``triton``, ``triton-2``, ..."""
+    return "triton" if index == 0 else f"triton-{index + 1}"
+
+
+def replica_ports(ports: dict[str, int], index: int) -> dict[str, int]:
+    """The ports of local Triton ``index`` (from 0): the first one's ports shifted by
+    ``index`` times their span, so that replicas never share a port (with the default
+    8000-8002: 8003-8005, 8006-8008, ...)."""
+    ports = {**DEFAULT_PORTS, **ports}
+    span = max(ports.values()) - min(ports.values()) + 1
+    shifted = {label: port + index * span for label, port in ports.items()}
+    if max(shifted.values()) > 65535:
+        raise PrerequisiteError(
+            f"{replica_name(index)}: its ports {sorted(shifted.values())} run past 65535; "
+            "choose lower or consecutive FACTORY_TRITON_*_PORT values (see README, "
+            "'Settings')")
+    return shifted
 
 
 def _copy_if_changed(source: Path, target: Path) -> None:
