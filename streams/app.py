@@ -78,6 +78,11 @@ class WorkerConfig:
     offset_reset: str = "earliest"
     feature_log_dir: Path | None = None
     feast_path: Literal["fast", "sdk"] = "fast"
+    session_timeout_s: float = 10.0
+    group_instance_id: str | None = None
+    """Kafka static group membership (KIP-345): a worker restarted under the same id
+    within the session timeout gets its partitions back without a rebalance of the
+    group; a stopped one keeps them until the timeout."""
 
     def __post_init__(self) -> None:
         if self.role == "all" and self.mode == "strict":
@@ -180,9 +185,11 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> Fa
         broker_max_poll_records=10_000,
         consumer_max_fetch_size=1024 * 1024,
         broker_commit_interval=1.0,
-        # A killed worker's partitions move to the others within seconds.
-        broker_session_timeout=10.0,
+        # A killed worker's partitions move to the others within seconds (a static
+        # member's wait for it to come back instead).
+        broker_session_timeout=config.session_timeout_s,
         broker_heartbeat_interval=2.0,
+        consumer_group_instance_id=config.group_instance_id,
         datadir=str(settings.state_dir / "faust" / config.app_id),
     )
     app.metrics = metrics
@@ -217,11 +224,14 @@ def create_app(config: WorkerConfig, metrics: WorkerMetrics | None = None) -> Fa
         # What was handled is checkpointed before the partitions move.
         for loop in app.batch_loops:
             await loop.on_revoked([tp.partition for tp in revoked if tp.topic == loop.topic])
+            metrics.partitions_owned.labels(loop.topic).set(len(loop.buffer.owned))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def take_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
+        metrics.rebalances.inc()
         for loop in app.batch_loops:
             loop.on_assigned([tp.partition for tp in assigned if tp.topic == loop.topic])
+            metrics.partitions_owned.labels(loop.topic).set(len(loop.buffer.owned))
 
     @app.task
     async def run_batch_loops() -> None:

@@ -301,6 +301,9 @@ class BatchLoop:
             self._caught_up.difference_update(partitions)
 
     def on_assigned(self, partitions: list[int]) -> None:
+        assigned = getattr(self.pipeline, "assigned", None)
+        if assigned is not None:
+            assigned(partitions)
         self.buffer.assign(partitions)
 
     def describe(self) -> dict[str, Any]:

@@ -42,13 +42,14 @@ class LabelPipeline:
         self.features: OnlineFeatures | None = None
         self.watermark: LabelWatermark | None = None
         self.marks: StoreMarks | None = None
+        self._unmarked: set[int] = set()
 
     async def start(self) -> None:
         store = await asyncio.to_thread(open_store, self.config.redis_url)
         self.features = online_features(store, self.config.feast_path)
         self.watermark = LabelWatermark(self.config.redis_url, self.config.watermark_group,
                                         self.config.settings.partitions)
-        self.watermark.reset()
+        self._forget_marks()
         self.marks = StoreMarks(self.watermark.client, self.config.watermark_group)
         self.started.set()
 
@@ -56,6 +57,7 @@ class LabelPipeline:
         """Apply a batch of labels, push the touched terminals to Feast, then advance the
         watermark of the batch's partitions."""
         assert self.features is not None and self.watermark is not None
+        self._forget_marks()
         self.metrics.labels_in.inc(len(batch))
         if self.consumer is not None:
             self.metrics.observe_lag(self.consumer, batch)
@@ -121,15 +123,38 @@ class LabelPipeline:
         self.features.push_terminal_risk(np.array([t for _, t in keys]), latest, values,
                                          arrays)
 
+    def assigned(self, partitions: list[int]) -> None:
+        """Partitions this worker now owns: their watermark marks are forgotten before any
+        of them is advanced again (:meth:`_forget_marks`).
+
+        The new owner replays labels since the last commit and pushes terminal state
+        rebuilt from its changelog, so for a while the online store may hold less than
+        the old mark promised; without its mark, a strict scorer waits. Only the owned
+        partitions: the other workers of the group keep their marks (forgetting the
+        whole group's marks would leave a quiet partition of another worker unmarked
+        until its next label)."""
+        self._unmarked.update(partitions)
+
+    def _forget_marks(self) -> None:
+        """Forget the marks of the partitions assigned since the last call (in Redis;
+        raises when Redis cannot be reached, and the caller's batch is handled again)."""
+        if self.watermark is None or not self._unmarked:
+            return
+        partitions = sorted(self._unmarked)
+        self.watermark.forget(partitions)
+        self._unmarked.difference_update(partitions)
+
     def caught_up(self, partition: int, table: dict[int, bytes]) -> None:
         """Every label of ``partition`` in Kafka is applied (and was pushed to Feast): its
         watermark is the latest known time in its terminals' state.
 
-        The watermark is reset when the worker starts (a replay can move Feast back for a
-        while); a partition with nothing to replay, or with no new label, would otherwise
-        never be marked again and a strict scorer would wait for ever.
+        A partition's mark is forgotten when it is assigned (a replay can move Feast back
+        for a while, :meth:`assigned`); a partition with nothing to replay, or with no new
+        label, would otherwise never be marked again and a strict scorer would wait for
+        ever.
         """
         assert self.watermark is not None
+        self._forget_marks()
         if not table:
             return
         known = np.frombuffer(b"".join(table.values()), dtype=TERMINAL_DTYPE)["known_at"]
@@ -150,6 +175,7 @@ class LabelPipeline:
         """Push every terminal of ``partition`` to Feast, advance its watermark to the
         latest known time in the table, then mark it (:mod:`streams.store_marks`)."""
         assert self.watermark is not None and self.marks is not None
+        self._forget_marks()
         terminals = [t for t, state in table.items() if state]
         latest_known = -np.inf
         for start in range(0, len(terminals), chunk):

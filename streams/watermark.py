@@ -34,13 +34,16 @@ class LabelWatermark:
         self._advance(keys=[self.key], args=[str(partition), repr(float(known_at))])
 
     def reset(self) -> None:
-        """Forget every mark of the group, so scorers wait until labels are applied again.
-
-        A restarted labels worker replays labels since its last commit and pushes terminal
-        state rebuilt from its changelog: for a while Feast may hold less than the old
-        marks promised. Resetting first keeps strict scoring from reading that state.
-        """
+        """Forget every mark of the group, so scorers wait until labels are applied again."""
         self.client.delete(self.key)
+
+    def forget(self, partitions: list[int]) -> None:
+        """Forget the marks of ``partitions``: a labels worker that takes a partition
+        replays its labels since the last commit and pushes terminal state rebuilt from
+        its changelog, so for a while Feast may hold less than the old mark promised.
+        Strict scorers wait until the partition is marked again."""
+        if partitions:
+            self.client.hdel(self.key, *[str(p) for p in partitions])
 
     def current(self) -> float | None:
         """The smallest mark over all partitions; ``None`` until each has one."""

@@ -111,6 +111,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="Feast online access: the fast Redis path or Feast's SDK")
     parser.add_argument("--offset-reset", choices=("earliest", "latest"), default="earliest",
                         help="where a new consumer group starts reading")
+    parser.add_argument("--session-timeout", type=float, default=10.0,
+                        help="seconds the group waits for a silent member before its "
+                             "partitions move (a static member: before it must be back)")
+    parser.add_argument("--group-instance-id",
+                        help="static membership of the consumer group (default "
+                             "FACTORY_GROUP_INSTANCE_ID, e.g. a StatefulSet pod's name): "
+                             "restarted within --session-timeout under the same "
+                             "id, the worker gets its partitions back with no rebalance; "
+                             "unique within the group")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     app_id, metrics_port = role_defaults(args.role, settings)
@@ -127,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         app_id=args.app_id, offset_reset=args.offset_reset, role=args.role, mode=args.mode,
         labels_group=args.labels_group, feast_path=args.feast_path,
         feature_log_dir=Path(args.feature_log) if args.feature_log else None,
+        group_instance_id=args.group_instance_id or settings.group_instance_id,
+        session_timeout_s=args.session_timeout,
     )
     # A wrong password or a missing ACL: one line and exit 1, not a retry loop.
     exit_unless_allowed(settings.kafka, config.kafka, kafka_needs(config), "factory worker")
