@@ -18,6 +18,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -63,7 +64,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 if not self.flow_active:
                     # As Faust's getmany: fetched while the flow stopped (a rebalance);
                     # go back to the committed offsets.
-                    await self.perform_seek()
+                    try:
+                        await self.perform_seek()
+                    except IllegalStateError:
+                        # The next rebalance took a partition while its committed offset
+                        # was being read (workers joining at once): the new assignment
+                        # starts its partitions from their committed offsets anyway.
+                        pass
                     continue
                 fetched = sum(len(r) for r in records.values())
                 generation = self.app.consumer_generation_id
