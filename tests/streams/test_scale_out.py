@@ -139,6 +139,7 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
 
     # kill -9 a scorer and a labels worker; the scorer comes back under its own id
     # within its session timeout (45 s).
+    killed = time.monotonic()
     workers.kill("score-2")
     workers.kill("labels-2")
     workers.procs["score-2-killed"] = workers.procs.pop("score-2")
@@ -148,10 +149,12 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
     _wait("the restarted scorer took its 4 partitions back", lambda: workers.owned(
         scorers, "transactions") == [4.0, 4.0])
     rebalanced = workers.sample("score-1", "factory_partition_assignments_total")
+    back_s = time.monotonic() - killed
 
     # The labels worker's partitions move to the survivor after the session timeout...
     _wait("the surviving labels worker took all 8 partitions", lambda: workers.owned(
         ["labels-1"], "labels") == [8.0], timeout_s=60)
+    moved_s = time.monotonic() - killed
     # ...and are shared again with a worker under a new id.
     workers.start("labels-3", "labels", instance="labels-3")
     _wait("the labels partitions shared again", lambda: sorted(workers.owned(
@@ -160,6 +163,8 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
 
     producer.join()
     assert not failures, failures
+    restore = 'factory_stage_seconds_total{stage="restore_state"}'
+    restored_s = {n: workers.sample(n, restore) for n in ("score-2", "labels-1", "labels-3")}
     read_scores(endpoints["kafka"], len(frame), timeout_s=300)
     workers.alive()
     shell.stop_all()  # everything the workers wrote is on the topics
@@ -169,7 +174,10 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
     duplicates = len(ids) - len(set(ids))
     print(f"{len(ids):,} scores for {len(frame):,} transactions: {duplicates} duplicates "
           f"(counted: redelivery after the kill -9); score-1 assignments "
-          f"{assigned_before:.0f} before the scorer's restart, {rebalanced:.0f} after it")
+          f"{assigned_before:.0f} before the scorer's restart, {rebalanced:.0f} after it; "
+          f"the scorer back with its partitions {back_s:.1f} s after the kill, the labels "
+          f"partitions on the survivor after {moved_s:.1f} s; state restored from the "
+          f"changelogs in (s) {restored_s}")
     # Static membership: the scorer restarted under its id got its partitions back
     # without a rebalance of the group (the survivor was not assigned again).
     assert rebalanced == assigned_before, "the group rebalanced for a static member's restart"
