@@ -88,6 +88,10 @@ class Feed:
             "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
         })
 
+    def send_raw(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+        """Produce encoded messages as they are (the schedule is not moved)."""
+        self._send(topic, keys, values)
+
     def _send(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
         produce = self.client.produce
         for key, value in zip(keys, values, strict=True):
