@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -49,6 +50,21 @@ class Shell:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+T = TypeVar("T")
+
+
+def wait_until(what: str, condition: Callable[[], T], timeout_s: float = 120.0,
+               every: float = 0.2) -> T:
+    """``condition()``'s first true value; fails with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
+        time.sleep(every)
 
 
 def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:

@@ -18,13 +18,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import publish_test_model
-from tests.streams.factory_shell import Shell, metrics, read_scores, shell, wait_ready
+from tests.streams.factory_shell import Shell, metrics, read_scores, shell, wait_ready, wait_until
 from tests.streams.sink_checks import read_to_end
 from tests.streams.test_parity import assert_parity
 
@@ -35,13 +34,6 @@ pytestmark = pytest.mark.integration
 DAYS = 30
 PARTITIONS = 8
 GROUP = "scale"
-
-
-def _wait(what: str, condition: Callable[[], bool], timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
-        time.sleep(0.2)
 
 
 class Workers:
@@ -112,7 +104,7 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
         workers.start(name, role, instance=name)
     scorers, labellers = ["score-1", "score-2"], ["labels-1", "labels-2"]
     # The partitions are shared: every one owned, by one worker, each worker some.
-    _wait("the 8 partitions shared by both scorers and both labels workers", lambda: (
+    wait_until("the 8 partitions shared by both scorers and both labels workers", lambda: (
         sorted(workers.owned(scorers, "transactions")) == [4.0, 4.0]
         and sorted(workers.owned(labellers, "labels")) == [4.0, 4.0]))
 
@@ -133,7 +125,7 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
     def scored() -> float:
         return sum(workers.sample(n, "factory_events_scored_total") for n in scorers)
 
-    _wait("a quarter of the stream scored", lambda: scored() >= 0.25 * len(frame))
+    wait_until("a quarter of the stream scored", lambda: scored() >= 0.25 * len(frame))
     assert producer.is_alive(), "the stream ended before the kills: make it longer"
     assigned_before = workers.sample("score-1", "factory_partition_assignments_total")
 
@@ -146,18 +138,18 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
     workers.procs["labels-2-killed"] = workers.procs.pop("labels-2")
     time.sleep(2)
     workers.start("score-2", "score", instance="score-2")
-    _wait("the restarted scorer took its 4 partitions back", lambda: workers.owned(
+    wait_until("the restarted scorer took its 4 partitions back", lambda: workers.owned(
         scorers, "transactions") == [4.0, 4.0])
     rebalanced = workers.sample("score-1", "factory_partition_assignments_total")
     back_s = time.monotonic() - killed
 
     # The labels worker's partitions move to the survivor after the session timeout...
-    _wait("the surviving labels worker took all 8 partitions", lambda: workers.owned(
+    wait_until("the surviving labels worker took all 8 partitions", lambda: workers.owned(
         ["labels-1"], "labels") == [8.0], timeout_s=60)
     moved_s = time.monotonic() - killed
     # ...and are shared again with a worker under a new id.
     workers.start("labels-3", "labels", instance="labels-3")
-    _wait("the labels partitions shared again", lambda: sorted(workers.owned(
+    wait_until("the labels partitions shared again", lambda: sorted(workers.owned(
         ["labels-1", "labels-3"], "labels")) == [4.0, 4.0])
     workers.alive()
 

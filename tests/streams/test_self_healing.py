@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.streams.factory_shell import Shell, metrics, read_scores, shell, wait_ready
+from tests.streams.factory_shell import Shell, metrics, read_scores, shell, wait_ready, wait_until
 from tests.streams.sink_checks import read_to_end
 
 __all__ = ["shell"]  # the fixture
@@ -42,16 +42,6 @@ def _model_events(kafka: str) -> list[dict]:
     received = consume(kafka, Settings(), "model-events", timeout_s=30, until=lambda got: len(
         got) >= sum(ends.values()))
     return [json.loads(m.value) for m in received]
-
-
-def _wait(what: str, condition, timeout_s: float = 120.0, every: float = 0.2):  # noqa: ANN001,ANN202
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
-        time.sleep(every)
 
 
 def test_serving_comes_back_by_itself_after_a_bare_triton_restart_and_a_lost_route(
@@ -82,7 +72,7 @@ def test_serving_comes_back_by_itself_after_a_bare_triton_restart_and_a_lost_rou
     def scored() -> float:
         return metrics(worker_port).get("factory_events_scored_total", 0.0)
 
-    _wait("first scores", lambda: scored() > 1500)
+    wait_until("first scores", lambda: scored() > 1500)
 
     # A Triton restarted bare, as a rescheduled pod comes back: nothing loaded.
     for name, value in shell.env.items():
@@ -100,10 +90,10 @@ def test_serving_comes_back_by_itself_after_a_bare_triton_restart_and_a_lost_rou
     sampler.start()
     service.stop()
     service.start()
-    _wait("version 1 READY again", lambda: _ready_versions(triton) == [1], timeout_s=60)
+    wait_until("version 1 READY again", lambda: _ready_versions(triton) == [1], timeout_s=60)
     before = scored()
-    _wait("scoring to resume", lambda: scored() > before + 500, timeout_s=60)
-    _wait("the guard to report serving ready",
+    wait_until("scoring to resume", lambda: scored() > before + 500, timeout_s=60)
+    wait_until("the guard to report serving ready",
           lambda: metrics(guard_port).get("factory_serving_ready") == 1.0, timeout_s=30)
     sampling.set()
     sampler.join()
@@ -114,7 +104,7 @@ def test_serving_comes_back_by_itself_after_a_bare_triton_restart_and_a_lost_rou
     router = ModelRouter(endpoints["redis"])
     try:
         router.client.delete(router.key)
-        route = _wait("the route restored", router.route, timeout_s=30)
+        route = wait_until("the route restored", router.route, timeout_s=30)
         assert route.serving == 1 and route.shadow == 0
     finally:
         router.close()

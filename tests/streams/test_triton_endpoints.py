@@ -6,7 +6,6 @@ clients are fakes that answer or raise as each test says; the clock is the test'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,11 +14,11 @@ import numpy as np
 import pytest
 
 from streams.metrics import WorkerMetrics
-from streams.router import Route
 from streams.scoring import TritonScorer
 from streams.serving_guard import ServingGuard
 from streams.swap import ModelSwapper, SwapError, triton_loader, triton_ready_versions
 from streams.triton_fleet import EndpointPool, endpoint_label, triton_urls
+from tests.streams.test_swap_contract import ServingRoute
 
 A, B, C = "10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"
 
@@ -336,34 +335,11 @@ def test_ready_versions_of_a_list_are_those_ready_on_every_endpoint(
     assert triton_ready_versions(f"{A},{B}") == [1]
 
 
-class Route1:
-    """A route serving 1 that records what is asked of it."""
-
-    def __init__(self) -> None:
-        self.current = Route(1, 0, 1)
-        self.changes: list[tuple[str, int]] = []
-
-    def route(self) -> Route:
-        return self.current
-
-    @contextlib.contextmanager
-    def lock(self, holder: str) -> Iterator[None]:
-        yield
-
-    def set_shadow(self, version: int) -> Route:
-        self.changes.append(("shadow", version))
-        return self.current
-
-    def promote(self, version: int) -> Route:
-        self.changes.append(("promote", version))
-        return self.current
-
-
 def test_the_swap_routes_nothing_to_a_version_not_ready_on_every_endpoint() -> None:
     """One endpoint took the load but reports version 2 not READY: the swap stops
     before the route changes, with 1 loaded again."""
     loads: list[list[int]] = []
-    router = Route1()
+    router = ServingRoute(1)
     swapper = ModelSwapper(load=lambda versions: loads.append(sorted(versions)),
                            ready=lambda: [1],  # version 2 READY on one endpoint only
                            router=router, registry=None, events=None,  # type: ignore[arg-type]
@@ -382,7 +358,7 @@ def test_the_guard_loads_the_routed_version_on_the_bare_endpoint_only() -> None:
         loaded.append((url, versions))
         ready[url] = versions
 
-    guard = ServingGuard(router=Route1(), registry=None,  # type: ignore[arg-type]
+    guard = ServingGuard(router=ServingRoute(1), registry=None,  # type: ignore[arg-type]
                          triton_urls=triton_urls(f"{A},{B}"), load=load,
                          ready=lambda url: ready[url])
     report = guard.check()

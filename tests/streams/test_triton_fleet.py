@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from infra.local.base import free_port, port_is_open
-from tests.streams.factory_shell import Shell, metrics, read_scores, shell, wait_ready
+from tests.streams.factory_shell import Shell, metrics, read_scores, shell, wait_ready, wait_until
 from tests.streams.sink_checks import assert_scored_once, read_to_end
 
 __all__ = ["shell"]  # the fixture
@@ -48,16 +48,6 @@ def _ready(url: str) -> list[int]:
         return triton_ready_versions(url)
     except Exception:  # noqa: BLE001 - down: serves nothing
         return []
-
-
-def _wait(what: str, condition, timeout_s: float = 120.0, every: float = 0.2):  # noqa: ANN001,ANN202
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
-        time.sleep(every)
 
 
 def _model_events(kafka: str) -> list[dict]:
@@ -107,7 +97,7 @@ def test_two_tritons_lose_no_request_when_one_stops_and_comes_back_bare_and_swap
     def requests(endpoint: str) -> float:
         return sample("factory_triton_endpoint_requests_total", endpoint)
 
-    _wait("first scores", lambda: scored() > 1500)
+    wait_until("first scores", lambda: scored() > 1500)
     assert requests(one) > 0 and requests(two) > 0, "both Tritons take requests"
 
     def failed_attempts() -> float:
@@ -129,11 +119,11 @@ def test_two_tritons_lose_no_request_when_one_stops_and_comes_back_bare_and_swap
     watcher.start()
     second.stop()
     before = scored()
-    _wait("scoring on the first Triton alone", lambda: scored() > before + 1500,
+    wait_until("scoring on the first Triton alone", lambda: scored() > before + 1500,
           timeout_s=60)
     assert 0.0 in up_seen, "the worker never marked the stopped Triton down"
     skipped, attempts = requests(two), failed_attempts()
-    _wait("more scoring on the first Triton alone", lambda: scored() > before + 2500,
+    wait_until("more scoring on the first Triton alone", lambda: scored() > before + 2500,
           timeout_s=60)
     assert failed_attempts() == attempts, "a request went to the stopped Triton"
     assert requests(two) == skipped
@@ -141,9 +131,9 @@ def test_two_tritons_lose_no_request_when_one_stops_and_comes_back_bare_and_swap
     # Back with nothing loaded, as a rescheduled pod comes back: the guard loads the
     # routed version, and the worker sends it requests again.
     second.start()
-    _wait("version 1 READY on the second Triton again", lambda: _ready(two) == [1],
+    wait_until("version 1 READY on the second Triton again", lambda: _ready(two) == [1],
           timeout_s=90)
-    _wait("the second Triton taking requests again", lambda: requests(two) > skipped + 20,
+    wait_until("the second Triton taking requests again", lambda: requests(two) > skipped + 20,
           timeout_s=60)
     sampling.set()
     watcher.join()
@@ -156,7 +146,7 @@ def test_two_tritons_lose_no_request_when_one_stops_and_comes_back_bare_and_swap
     assert load.poll() is None, "the load ended before the swap was over: make it longer"
     assert _ready(one) == _ready(two) == [2], "version 2 alone on both Tritons"
     at_swap = {url: requests(url) for url in (one, two)}
-    _wait("both Tritons serving version 2",
+    wait_until("both Tritons serving version 2",
           lambda: all(requests(url) > at_swap[url] + 20 for url in (one, two)), timeout_s=60)
 
     assert load.wait(300) == 0, (tmp_path / "replay.log").read_text()[-2000:]
