@@ -128,6 +128,7 @@ class TritonScorer:
                  on_error=None, request_rows: int = 1024,  # noqa: ANN001 - plain callback
                  in_flight: int = 4, metrics: WorkerMetrics | None = None,
                  health_every_s: float = 1.0, probe_timeout_s: float = 2.0,
+                 request_timeout_s: float = 10.0,
                  clients: dict[str, Any] | None = None) -> None:
         import tritonclient.grpc.aio as grpcclient
 
@@ -143,6 +144,9 @@ class TritonScorer:
         self.metrics = metrics
         self.health_every_s = health_every_s
         self.probe_timeout_s = probe_timeout_s
+        # A Triton that hangs (accepts the connection, never answers) fails the request
+        # after this long, as one that refuses it does: it goes to another endpoint.
+        self.request_timeout_s = request_timeout_s
         self.request_rows = request_rows
         self.in_flight = asyncio.Semaphore(in_flight)
         self.input_name = ""
@@ -256,10 +260,10 @@ class TritonScorer:
             try:
                 tensor = self._grpc.InferInput(self.input_name, list(batch.shape), "FP32")
                 tensor.set_data_from_numpy(batch)
-                result = await self.clients[endpoint.url].infer(
+                result = await asyncio.wait_for(self.clients[endpoint.url].infer(
                     self.model, [tensor], model_version=str(version),
                     outputs=[self._grpc.InferRequestedOutput(self.output_name)],
-                )
+                ), self.request_timeout_s)
             except Exception as exc:  # noqa: BLE001 - every failure is retried
                 last = exc
                 if self.on_error is not None:

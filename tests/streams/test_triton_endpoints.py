@@ -39,14 +39,17 @@ class FakeTriton:
     """An aio client of one Triton: answers with its own mark, or raises while ``down``
     (``fail_next`` failures first, then answers)."""
 
-    def __init__(self, mark: float, down: bool = False, fail_next: int = 0) -> None:
-        self.mark, self.down, self.fail_next = mark, down, fail_next
+    def __init__(self, mark: float, down: bool = False, fail_next: int = 0,
+                 hang: bool = False) -> None:
+        self.mark, self.down, self.fail_next, self.hang = mark, down, fail_next, hang
         self.calls = 0
         self.ready_versions: set[int] = {1}
 
     async def infer(self, model: str, inputs: list, model_version: str = "",
                     outputs: list | None = None) -> SimpleNamespace:
         self.calls += 1
+        if self.hang:  # accepts the request and never answers
+            await asyncio.Event().wait()
         if self.down or self.fail_next > 0:
             self.fail_next -= 1
             raise Down(f"triton {self.mark} is down")
@@ -177,6 +180,18 @@ def test_a_request_that_fails_on_one_endpoint_is_answered_by_another_at_once(
     for _ in range(4):
         asyncio.run(scorer.score(rows(), version=1))
     assert fakes[A].calls == calls and fakes[B].calls == 5
+
+
+def test_a_request_to_an_endpoint_that_hangs_times_out_and_goes_to_another() -> None:
+    fakes = {A: FakeTriton(0.1, hang=True), B: FakeTriton(0.2)}
+    errors: list[Exception] = []
+    scorer = scorer_of(fakes, errors=errors)
+    scorer.request_timeout_s = 0.05
+    # Without the request timeout the call would wait for ever: fail after 5 s instead.
+    scores = asyncio.run(asyncio.wait_for(scorer.score(rows(), version=1), 5))
+    assert scores.tolist() == pytest.approx([0.2, 0.2])
+    assert [type(e) for e in errors] == [TimeoutError]
+    assert sample(scorer, "factory_triton_endpoint_up", A) == 0
 
 
 def test_a_resting_endpoint_comes_back_once_its_probe_finds_the_asked_version_ready(
