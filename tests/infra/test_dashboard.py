@@ -26,20 +26,32 @@ SAMPLE_SUFFIXES = {"counter": ("_total",), "gauge": ("",),
 NAME = re.compile(r"\b((?:factory|nv)_[a-z0-9_]+)\b")
 
 
-def exported() -> set[str]:
-    """Every sample name the worker, the retrainer (its drift monitors too) and the serving
-    guard export."""
+def sample_names(registry: CollectorRegistry) -> set[str]:
+    return {family.name + suffix for family in registry.collect()
+            for suffix in SAMPLE_SUFFIXES[family.type]}
+
+
+def worker_names() -> set[str]:
+    """Every sample name a stream worker exports."""
     from streams.metrics import WorkerMetrics
+
+    return sample_names(WorkerMetrics().registry)
+
+
+def retrainer_names() -> set[str]:
+    """Every sample name the retrainer (its drift monitors too) and the serving guard
+    export."""
     from streams.model_events import RetrainerMetrics
     from streams.serving_guard import GuardMetrics
 
     retrainer = CollectorRegistry()
     RetrainerMetrics(retrainer)
     GuardMetrics(retrainer)
-    return {family.name + suffix
-            for registry in (WorkerMetrics().registry, retrainer)
-            for family in registry.collect()
-            for suffix in SAMPLE_SUFFIXES[family.type]}
+    return sample_names(retrainer)
+
+
+def exported() -> set[str]:
+    return worker_names() | retrainer_names()
 
 
 def queries() -> list[tuple[str, str]]:
