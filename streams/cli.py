@@ -10,6 +10,7 @@
     factory retrainer [...]      drift monitors, retraining, gate and hot swap, as a service
     factory serve [...]          services, both workers and the retrainer as one service
     factory bootstrap --parquet  first model and primed state from your own history
+    factory init [...]           prepare a deployment on running services (compose, k8s)
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from streams.serve import main as serve_main
 
         return serve_main(argv[1:])
+    if argv[:1] == ["init"]:
+        from streams.deploy_init import main as init_main
+
+        return init_main(argv[1:])
     parser = argparse.ArgumentParser(prog="factory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "bootstrap --help)")
     commands.add_parser("serve", help="the whole factory as a long-running service "
                                       "(see factory serve --help)")
+    commands.add_parser("init", help="prepare a deployment on running services (see "
+                                     "factory init --help)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run" and args.no_loop and args.parquet:
@@ -501,7 +508,8 @@ def retrainer_main(argv: list[str]) -> int:
         swap=dataclasses.replace(SwapConfig(), shadow_rows=args.shadow_rows,
                                  shadow_timeout_s=args.shadow_timeout))
     metrics = RetrainerMetrics(drift_hold_seconds=config.thresholds.cooldown_seconds)
-    start_http_server(args.metrics_port or settings.retrainer_metrics_port, addr="127.0.0.1",
+    start_http_server(args.metrics_port or settings.retrainer_metrics_port,
+                      addr=settings.metrics_addr,
                       registry=metrics.registry)
     retrainer = connect(config, settings, kafka=endpoints.kafka, redis_url=endpoints.redis,
                         triton_url=endpoints.triton, labels_group=args.labels_group,

@@ -66,6 +66,15 @@ def apply_repo(redis_url: str, repo: Path = FEATURE_REPO) -> None:
     apply_total(store.config, repo, skip_source_validation=True)
 
 
+def ensure_applied(redis_url: str, repo: Path = FEATURE_REPO) -> bool:
+    """Apply the repository when its registry file is missing (a fresh clone or a new
+    container, whose file system has none); True when it was applied now."""
+    if (repo / "data" / "registry.db").exists():
+        return False
+    apply_repo(redis_url, repo)
+    return True
+
+
 def model_feature_order(store, service: str = "fraud_detector_v1") -> list[str]:  # noqa: ANN001
     """Model input names in order: the transaction's own, then the service's features."""
     feature_service = store.get_feature_service(service)

@@ -163,7 +163,7 @@ class Service:
             trigger=TriggerPolicy(schedule_days=self.args.schedule_days or None))
         self.metrics = RetrainerMetrics(
             drift_hold_seconds=self.config.thresholds.cooldown_seconds)
-        start_http_server(self.settings.retrainer_metrics_port, addr="127.0.0.1",
+        start_http_server(self.settings.retrainer_metrics_port, addr=self.settings.metrics_addr,
                           registry=self.metrics.registry)
 
     def start_guard(self) -> None:

@@ -107,6 +107,9 @@ class Settings:
     worker_metrics_port: int = 8100
     worker_web_port: int = 6066
     retrainer_metrics_port: int = 8110
+    # Where the workers and the retrainer serve their metrics (FACTORY_METRICS_ADDR):
+    # loopback unless a container sets 0.0.0.0 for its cluster's Prometheus.
+    metrics_addr: str = "127.0.0.1"
     partitions: int = 4
     # Kafka static group membership of `factory worker` (FACTORY_GROUP_INSTANCE_ID;
     # a StatefulSet pod's name, say): unique within each consumer group.
@@ -170,6 +173,7 @@ class Settings:
             redis_username=_env("REDIS_USERNAME"),
             triton_url=_env("TRITON_URL"),
             group_instance_id=_env("FACTORY_GROUP_INSTANCE_ID"),
+            metrics_addr=_env("FACTORY_METRICS_ADDR", "127.0.0.1") or "127.0.0.1",
             alert_webhook_url=_secret("FACTORY_ALERT_WEBHOOK_URL"),
             state_dir=state_dir,
             registry_dir=Path(registry) if registry else None,

@@ -141,8 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     # A wrong password or a missing ACL: one line and exit 1, not a retry loop.
     exit_unless_allowed(settings.kafka, config.kafka, kafka_needs(config), "factory worker")
+    # The workers read the feature service from Feast's registry file: a new container
+    # has none until the repository is applied (idempotent on the online store).
+    from streams.feast_client import ensure_applied
+
+    if ensure_applied(config.redis_url):
+        print("factory worker: feature repository applied", flush=True)
     metrics = WorkerMetrics()
-    start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    start_http_server(args.metrics_port, addr=settings.metrics_addr, registry=metrics.registry)
     levels = {"crit": "CRITICAL", "warn": "WARNING"}
     logging.basicConfig(level=levels.get(args.log_level, args.log_level.upper()))
     app = create_app(config, metrics)
