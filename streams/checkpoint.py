@@ -79,8 +79,8 @@ class BatchLoop:
         self.failures = 0
         self._in_flight: asyncio.Task[None] | None = None
         self._caught_up: set[int] = set()
-        self._caught_up_checked = 0.0
-        self._store_checked = 0.0
+        self._caught_up_checked = float("-inf")  # never: the first check is due at once
+        self._store_checked = float("-inf")
         self._persist_failing_since: float | None = None
 
     @property

@@ -70,7 +70,7 @@ class ScoringPipeline:
         self.worker_id = f"{config.app_id}:{os.uname().nodename}:{os.getpid()}"
         self.version = 0
         self.shadow = 0
-        self._version_checked = 0.0
+        self._version_checked = float("-inf")
         self._acked = -1
         self._acked_at = 0.0
         self._one_round_trip = False

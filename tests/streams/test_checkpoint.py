@@ -240,7 +240,7 @@ def test_a_partition_with_nothing_to_handle_is_reported_caught_up_once() -> None
         state.restore = lambda partitions: state.partitions.update(  # type: ignore[method-assign]
             {p: {9: b"restored"} for p in partitions})
         for _ in range(2):
-            loop._caught_up_checked = 0.0
+            loop._caught_up_checked = float("-inf")
             assert loop._waiting_to_catch_up()
             await loop._mark_caught_up()
         assert loop._caught_up == {0}
