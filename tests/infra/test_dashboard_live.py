@@ -1,7 +1,8 @@
 """The dashboard's queries against live scrapes: every worker metric it queries is on a
 running worker's ``/metrics`` after it scored and dead-lettered events, and every Triton
-metric on Triton's metrics endpoint. (The retrainer's names are checked against its
-registry in ``test_dashboard.py``.)"""
+metric on Triton's metrics endpoint. The retrainer's are checked against a live
+retrainer's scrape in ``tests/streams/test_bootstrap.py`` (``factory serve`` after it
+scored a continuation and read its labels)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from streams.settings import Settings
-from tests.streams.factory_shell import Shell, read_scores, shell
+from tests.streams.factory_shell import Shell, metrics, read_scores, shell
 from tests.streams.sink_checks import assert_scored_once, read_to_end
 
 __all__ = ["shell"]  # the fixture
@@ -99,6 +99,25 @@ def test_bootstrap_then_serve_continues_the_history_with_the_batch_reference_fea
                          rtol=0, atol=1e-6).all(axis=1)
     assert len(logged) == len(wanted) and not differ.any(), (
         f"{int(differ.sum())} of {len(logged)} rows differ from the batch reference")
+
+    # Every retrainer and serving-guard metric the Grafana dashboard queries is on the live
+    # scrape of serve's retrainer once it has read the continuation and its labels (the
+    # workers' and Triton's: tests/infra/test_dashboard_live.py).
+    from tests.infra.test_dashboard import NAME, queries, retrainer_names, worker_names
+
+    port = int(shell.env["FACTORY_RETRAINER_METRICS_PORT"])
+    wanted_names = {name for _, expr in queries() for name in NAME.findall(expr)} & (
+        retrainer_names() - worker_names())
+    assert wanted_names, "the dashboard queries no retrainer metric"
+
+    def missing_names() -> set[str]:
+        return wanted_names - {key.split("{")[0] for key in metrics(port)}
+
+    deadline = time.monotonic() + 180
+    while missing_names() and time.monotonic() < deadline:
+        assert serve.poll() is None, log.read_text()[-3000:]
+        time.sleep(2)
+    assert not missing_names(), f"not on the live retrainer scrape: {sorted(missing_names())}"
 
     os.killpg(serve.pid, signal.SIGTERM)
     assert serve.wait(120) == 0, log.read_text()[-3000:]
