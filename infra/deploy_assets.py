@@ -12,7 +12,11 @@ module, never by hand:
   :func:`infra.local.kafka_security.factory_acl_rules` (those the local secured broker
   enforces), and KEDA's, which may only describe the workers' topics and groups;
 - ``fraud-factory.json`` and ``feature_store.yaml``: copies of the Grafana dashboard and
-  of Feast's repository configuration, for the ConfigMaps.
+  of Feast's repository configuration, for the ConfigMaps;
+
+and ``infra/k8s/components/redis-cluster/feature_store.yaml``: Feast's configuration with
+``redis_type: redis_cluster``, for the component that puts the online store on a Redis
+Cluster.
 
     python -m infra.deploy_assets            # write them again after editing a source
     python -m infra.deploy_assets --check    # exit 1 when a committed one differs
@@ -33,7 +37,9 @@ from infra.local.kafka_security import factory_acl_rules
 from streams.topics import LABELS, TRANSACTIONS, topic_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ROOT / "infra" / "k8s" / "base" / "generated"
+K8S = ROOT / "infra" / "k8s"
+GENERATED = K8S / "base" / "generated"
+REDIS_CLUSTER = K8S / "components" / "redis-cluster"
 RULES = ROOT / "infra" / "prometheus" / "factory-rules.yml"
 DASHBOARD = ROOT / "infra" / "grafana" / "dashboards" / "fraud-factory.json"
 FEATURE_STORE = ROOT / "feature_repo" / "feature_store.yaml"
@@ -109,14 +115,26 @@ def kafka_users() -> str:
     return HEADER.format(source="infra/local/kafka_security.py") + _dump(users)
 
 
-def assets() -> dict[str, str]:
-    """File name under ``generated/`` -> its text."""
+def cluster_feature_store() -> str:
+    """Feast's configuration with the online store on a Redis Cluster."""
+    text = FEATURE_STORE.read_text()
+    online = "online_store:\n  type: redis\n"
+    if text.count(online) != 1:
+        raise ValueError(f"{FEATURE_STORE} has no '{online.strip()}' block to extend")
+    return ("# Made by `python -m infra.deploy_assets` from feature_repo/feature_store.yaml "
+            "(redis_type\n# redis_cluster added): do not edit.\n"
+            + text.replace(online, online + "  redis_type: redis_cluster\n"))
+
+
+def assets() -> dict[Path, str]:
+    """Each file's path -> its text."""
     return {
-        "prometheus-rule.yaml": prometheus_rule(),
-        "kafka-topics.yaml": kafka_topics(),
-        "kafka-users.yaml": kafka_users(),
-        "fraud-factory.json": DASHBOARD.read_text(),
-        "feature_store.yaml": FEATURE_STORE.read_text(),
+        GENERATED / "prometheus-rule.yaml": prometheus_rule(),
+        GENERATED / "kafka-topics.yaml": kafka_topics(),
+        GENERATED / "kafka-users.yaml": kafka_users(),
+        GENERATED / "fraud-factory.json": DASHBOARD.read_text(),
+        GENERATED / "feature_store.yaml": FEATURE_STORE.read_text(),
+        REDIS_CLUSTER / "feature_store.yaml": cluster_feature_store(),
     }
 
 
@@ -127,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="write nothing; exit 1 when a committed file differs")
     args = parser.parse_args(argv)
     stale = []
-    for name, text in assets().items():
-        path = GENERATED / name
+    for path, text in assets().items():
         if path.exists() and path.read_text() == text:
             continue
         if args.check:

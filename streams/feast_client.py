@@ -23,11 +23,14 @@ TERMINAL_VIEW = "terminal_risk"
 
 
 def feast_redis_connection(redis_url: str) -> str:
-    """Turn ``redis://[[user]:password@]host:port/db`` into Feast's
-    ``host:port,username=..,password=..`` form."""
-    parsed = urlparse(redis_url)
+    """Turn ``redis[+cluster]://[[user]:password@]host:port/db`` into Feast's
+    ``host:port,username=..,password=..`` form (a cluster's node to start from)."""
+    from streams.redis_conn import server_url
+
+    parsed = urlparse(server_url(redis_url))
     if parsed.scheme not in ("redis", "rediss"):
-        raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {parsed.scheme!r}")
+        raise ValueError("REDIS_URL must start with redis://, rediss://, redis+cluster:// or "
+                         f"rediss+cluster://, got {urlparse(redis_url).scheme!r}")
     parts = [f"{parsed.hostname or '127.0.0.1'}:{parsed.port or 6379}"]
     credentials = {"username": parsed.username, "password": parsed.password}
     for name, value in credentials.items():
@@ -48,11 +51,24 @@ def feast_redis_connection(redis_url: str) -> str:
 
 
 def open_store(redis_url: str, repo: Path = FEATURE_REPO):  # noqa: ANN201 - feast type
-    """A Feast ``FeatureStore`` on ``repo`` whose online store is ``redis_url``."""
+    """A Feast ``FeatureStore`` on ``repo`` whose online store is ``redis_url``: a Redis
+    Cluster when it says ``redis+cluster://`` (whatever ``redis_type`` the file has)."""
     from feast import FeatureStore
+    from feast.infra.online_stores.redis import RedisType
+
+    from streams.redis_conn import is_cluster
 
     os.environ["FEAST_REDIS_CONNECTION"] = feast_redis_connection(redis_url)
-    return FeatureStore(repo_path=str(repo))
+    store = FeatureStore(repo_path=str(repo))
+    online = store.config.online_store
+    wanted = RedisType.redis_cluster if is_cluster(redis_url) else RedisType.redis
+    if getattr(online, "redis_type", RedisType.redis) not in (RedisType.redis, wanted):
+        raise ValueError(f"{repo / 'feature_store.yaml'} says redis_type "
+                         f"{online.redis_type.value!r} but REDIS_URL names one server: "
+                         "give a Redis Cluster as redis+cluster://host:port")
+    if wanted == RedisType.redis_cluster:
+        online.redis_type = wanted
+    return store
 
 
 def apply_repo(redis_url: str, repo: Path = FEATURE_REPO) -> None:

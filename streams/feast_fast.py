@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from streams.feast_client import CARD_VIEW, TERMINAL_VIEW, model_feature_order
 from streams.label_versions import mark_changed, versions_key
@@ -288,9 +289,9 @@ def _check_store(store: Any) -> None:
     if not isinstance(online, RedisOnlineStoreConfig):
         raise ValueError(f"the fast path reads Feast's redis online store; this repository's "
                          f"online store is {getattr(online, 'type', online)!r}")
-    if online.redis_type != RedisType.redis:
-        raise ValueError(f"the fast path supports redis_type 'redis', not "
-                         f"{online.redis_type.value!r}")
+    if online.redis_type not in (RedisType.redis, RedisType.redis_cluster):
+        raise ValueError(f"the fast path supports redis_type 'redis' and 'redis_cluster', "
+                         f"not {online.redis_type.value!r}")
     if config.entity_key_serialization_version != SERIALIZATION_VERSION:
         raise ValueError(f"the fast path writes entity_key_serialization_version "
                          f"{SERIALIZATION_VERSION}; feature_store.yaml sets "
@@ -305,12 +306,16 @@ def _check_store(store: Any) -> None:
                              "which a push refreshes and the fast path does not")
 
 
-def redis_client(store: Any) -> redis.Redis:
-    """A client on the store's Redis, from its connection string, as Feast builds its own."""
-    from feast.infra.online_stores.redis import RedisOnlineStore
+def redis_client(store: Any) -> redis.Redis | RedisCluster:  # noqa: ANN401
+    """A client on the store's Redis, from its connection string, as Feast builds its own:
+    a :class:`RedisCluster` when the store's ``redis_type`` is ``redis_cluster``."""
+    from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
 
-    nodes, params = RedisOnlineStore._parse_connection_string(
-        store.config.online_store.connection_string)
+    config = store.config.online_store
+    nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
+    if config.redis_type == RedisType.redis_cluster:
+        return RedisCluster(startup_nodes=[ClusterNode(n["host"], int(n["port"]))
+                                           for n in nodes], **params)
     return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
 
 
@@ -339,10 +344,12 @@ class FastOnlineFeatures:
         self.dedup = not store.config.online_store.skip_dedup
         self.key_ttl = int(store.config.online_store.key_ttl_seconds or 0)
         self.redis = redis_client(store)
+        self.cluster = isinstance(self.redis, RedisCluster)
         self.label_versions = versions_key(store.project, TERMINAL_VIEW)
         # Label arrays by terminal with their change token; not kept when Feast's keys
-        # expire (an expired key leaves its token behind).
-        self.cache_labels = self.key_ttl == 0
+        # expire (an expired key leaves its token behind), nor in a Redis Cluster (the
+        # script that reads the tokens and the changed arrays names keys of many slots).
+        self.cache_labels = self.key_ttl == 0 and not self.cluster
         self._labels: dict[int, tuple[bytes, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
     def close(self) -> None:
@@ -400,6 +407,8 @@ class FastOnlineFeatures:
         """
         if not commands:
             return []
+        if self.cluster:
+            return self._cluster_round_trip(commands)
         pool = self.redis.connection_pool
         for attempt in (0, 1):
             connection = pool.get_connection()
@@ -417,9 +426,22 @@ class FastOnlineFeatures:
                 pool.release(connection)
         raise AssertionError("unreachable")
 
-    def serves(self, client: redis.Redis) -> bool:
+    def _cluster_round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """:meth:`_round_trip` on a Redis Cluster: redis-py's cluster pipeline sends each
+        command to the primary of its key's slot, the commands of one primary in one
+        write, and follows a moved slot; the replies come back in order."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, *args in commands:
+            # By its name as text, which the cluster client's routing tables are keyed by.
+            pipe.execute_command(name.decode() if isinstance(name, bytes) else name, *args)
+        return pipe.execute()
+
+    def serves(self, client: redis.Redis | RedisCluster) -> bool:
         """Whether ``client`` talks to this store's Redis (same host, port and database),
-        so commands for both can share one round trip."""
+        so commands for both can share one round trip (never in a Redis Cluster: each
+        client routes its own)."""
+        if self.cluster or isinstance(client, RedisCluster):
+            return False
         mine, theirs = (c.connection_pool.connection_kwargs for c in (self.redis, client))
         return all(mine.get(k) == theirs.get(k) for k in ("host", "port", "db", "path"))
 

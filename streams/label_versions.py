@@ -27,9 +27,9 @@ def versions_key(project: str, view: str) -> bytes:
     return f"factory:label-versions:{project}:{view}".encode()
 
 
-def mark_changed(key: bytes, ids: np.ndarray) -> tuple[bytes, ...]:
+def mark_changed(key: bytes, ids: np.ndarray) -> tuple[str | bytes, ...]:
     """The ``HSET`` command that gives each of ``ids`` a new token (one for this push)."""
     token = f"{_PREFIX}:{next(_COUNTER)}".encode()
     fields = np.asarray(ids, dtype=np.int64).tolist()
-    return (b"HSET", key, *itertools.chain.from_iterable((str(i).encode(), token)
+    return ("HSET", key, *itertools.chain.from_iterable((str(i).encode(), token)
                                                          for i in fields))

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import redis
+from streams.redis_conn import connect
 
 # Fields change together, and the generation moves forward by one for every change.
 _SET_ROUTE = """
@@ -61,7 +61,7 @@ class ModelRouter:
 
     def __init__(self, redis_url: str, model: str = "fraud_detector",
                  ack_ttl_s: float = 30.0) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = connect(redis_url)
         self.key = f"factory:router:{model}"
         self.acks_key = f"{self.key}:acks"
         self.lock_key = f"{self.key}:lock"
@@ -149,7 +149,8 @@ class ModelRouter:
 
     def reset(self) -> None:
         """Forget the route and the acknowledgements (a fresh deployment)."""
-        self.client.delete(self.key, self.acks_key, self.lock_key)
+        for key in (self.key, self.acks_key, self.lock_key):  # one slot each in a cluster
+            self.client.delete(key)
 
     def close(self) -> None:
         self.client.close()

@@ -9,7 +9,7 @@ is greater than ``t``; strict replay waits for that, live mode exports the gap.
 
 from __future__ import annotations
 
-import redis
+from streams.redis_conn import connect
 
 # Sets a partition's mark only forward, so a restarted worker never moves it back.
 _ADVANCE = """
@@ -25,7 +25,7 @@ class LabelWatermark:
     """Per-partition label marks of one labels consumer group, in a Redis hash."""
 
     def __init__(self, redis_url: str, group: str, partitions: int) -> None:
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = connect(redis_url)
         self.key = f"factory:label-watermark:{group}"
         self.partitions = partitions
         self._advance = self.client.register_script(_ADVANCE)

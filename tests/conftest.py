@@ -77,6 +77,15 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         stack.down(echo=False)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis Cluster of three primaries (``redis+cluster://``), one a session."""
+    from tests.redis_cluster import redis_cluster
+
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
 @pytest.fixture
 def worker_factory(live_stack: LiveStack, tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start workers with a fresh consumer group each; all are stopped after the test."""

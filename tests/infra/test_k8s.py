@@ -29,7 +29,7 @@ from streams.worker import role_defaults
 from tests.infra.strimzi_schemas import validate_strimzi
 
 K8S = REPO_ROOT / "infra" / "k8s"
-OVERLAYS = ("base", "overlays/cpu", "overlays/gpu")
+OVERLAYS = ("base", "overlays/cpu", "overlays/gpu", "overlays/gpu-redis-cluster")
 KUBERNETES_VERSION = "1.31"
 CORE_GROUPS = ("v1", "apps/v1", "batch/v1")
 FACTORY_IMAGE = "fraud-factory"
@@ -243,7 +243,8 @@ def test_triton_serves_the_model_repository_the_factory_writes(overlay: str) -> 
 
 @pytest.mark.parametrize(("overlay", "gpus", "config", "tritons"),
                          [("overlays/cpu", 0, "onnxruntime-cpu", 1),
-                          ("overlays/gpu", 1, "onnxruntime-gpu", 2)])
+                          ("overlays/gpu", 1, "onnxruntime-gpu", 2),
+                          ("overlays/gpu-redis-cluster", 1, "onnxruntime-gpu", 2)])
 def test_each_overlay_matches_its_accelerator(overlay: str, gpus: int, config: str,
                                               tritons: int) -> None:
     triton = objects(overlay, "StatefulSet")["triton"]
@@ -344,3 +345,36 @@ def test_images_are_public_or_the_factorys_own(overlay: str) -> None:
             assert name == FACTORY_IMAGE or name in PUBLIC_IMAGES, container["image"]
     dockerfile = (REPO_ROOT / "infra" / "image" / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_factory_pod_and_feast_name_the_same_redis(overlay: str) -> None:
+    """One Redis server, or with components/redis-cluster a Redis Cluster: then no single
+    Redis is left, every factory pod's REDIS_URL is redis+cluster:// to the cluster's
+    Service, Feast's configuration says redis_cluster, and the Job that forms the cluster
+    joins every pod of it."""
+    from streams.redis_conn import is_cluster
+
+    sets, services = objects(overlay, "StatefulSet"), objects(overlay, "Service")
+    cluster = "redis-cluster" in sets
+    (feast,) = [c for n, c in objects(overlay, "ConfigMap").items()
+                if n.startswith("feast-feature-store")]
+    online = yaml.safe_load(feast["data"]["feature_store.yaml"])["online_store"]
+    assert online.get("redis_type", "redis") == ("redis_cluster" if cluster else "redis")
+    urls = set()
+    for workload, container in factory_containers(overlay):
+        env = {e["name"]: e for e in container["env"]}
+        urls.add(env["REDIS_URL"]["value"])
+        mounts = [m for m in container["volumeMounts"] if m["name"] == "feast"]
+        assert mounts, f"{workload['metadata']['name']} has not Feast's configuration"
+    (url,) = urls
+    host = url.split("@", 1)[1].split(":")[0]
+    assert is_cluster(url) == cluster and host in services
+    assert url.startswith(("redis://:$(REDIS_PASSWORD)@", "redis+cluster://:$(REDIS_PASSWORD)@"))
+    if cluster:
+        assert "redis" not in sets and "redis" not in services
+        create = containers(objects(overlay, "Job")["redis-cluster-create"])[0]
+        nodes = {e["name"]: e for e in create["env"]}["NODES"]["value"].split()
+        replicas = sets["redis-cluster"]["spec"]["replicas"]
+        assert nodes == [f"redis-cluster-{i}.redis-cluster:6379" for i in range(replicas)]
+        assert services["redis-cluster"]["spec"]["clusterIP"] == "None"

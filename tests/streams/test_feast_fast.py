@@ -12,6 +12,7 @@ import redis
 
 from streams.feast_client import CARD_VIEW, TERMINAL_VIEW, OnlineFeatures, open_store
 from streams.feast_fast import LABEL_FIELDS, FastOnlineFeatures
+from streams.redis_conn import connect, is_cluster
 
 # Ids no other test uses: Feast's online state is shared by the whole session.
 BASE = 700_000_000
@@ -19,9 +20,17 @@ LARGE = 2**62
 INT64_MAX = 2**63 - 1
 
 
+@pytest.fixture(scope="module", params=["server", "cluster"])
+def redis_url(request: pytest.FixtureRequest, live_stack: Any) -> str:
+    """Every test on the session's Redis server and on a Redis Cluster of three primaries."""
+    if request.param == "server":
+        return str(live_stack.endpoints.redis)
+    return str(request.getfixturevalue("redis_cluster_url"))
+
+
 @pytest.fixture(scope="module")
-def store(live_stack: Any) -> Any:
-    return open_store(live_stack.endpoints.redis)
+def store(redis_url: str) -> Any:
+    return open_store(redis_url)
 
 
 @pytest.fixture(scope="module")
@@ -191,11 +200,11 @@ def test_terminal_pushes_read_back_the_same_both_ways(store: Any, sdk: OnlineFea
 
 
 @pytest.mark.integration
-def test_fast_writes_feasts_bytes(live_stack: Any, sdk: OnlineFeatures,
+def test_fast_writes_feasts_bytes(redis_url: str, sdk: OnlineFeatures,
                                   fast: FastOnlineFeatures) -> None:
     """The strongest check: the same rows leave the same hash fields and values."""
     rng = np.random.default_rng(4)
-    client = redis.Redis.from_url(live_stack.endpoints.redis)
+    client = connect(redis_url)
     n = 80
     for view, offset in ((CARD_VIEW, 500_000), (TERMINAL_VIEW, 600_000)):
         by_fast = np.r_[BASE + offset + np.arange(n - 2), INT64_MAX - 1, LARGE + BASE + 1]
@@ -227,11 +236,11 @@ def paths_with(redis_url: str, skip_dedup: bool) -> tuple[OnlineFeatures, FastOn
 
 
 @pytest.mark.integration
-def test_pushes_skip_rows_no_later_than_stored_as_feast_does(live_stack: Any) -> None:
+def test_pushes_skip_rows_no_later_than_stored_as_feast_does(redis_url: str) -> None:
     """Feast's default: a row is written only if later than the key's stored event time."""
     rng = np.random.default_rng(5)
-    sdk, fast = paths_with(live_stack.endpoints.redis, skip_dedup=False)
-    client = redis.Redis.from_url(live_stack.endpoints.redis)
+    sdk, fast = paths_with(redis_url, skip_dedup=False)
+    client = connect(redis_url)
     n = 6
     by_fast = BASE + 700_000 + np.arange(n)
     by_sdk = BASE + 750_000 + np.arange(n)
@@ -252,11 +261,11 @@ def test_pushes_skip_rows_no_later_than_stored_as_feast_does(live_stack: Any) ->
 
 
 @pytest.mark.integration
-def test_skip_dedup_overwrites_like_feast(live_stack: Any) -> None:
+def test_skip_dedup_overwrites_like_feast(redis_url: str) -> None:
     """With ``skip_dedup`` Feast writes every row, older or not; so does the fast path."""
     rng = np.random.default_rng(6)
-    sdk, fast = paths_with(live_stack.endpoints.redis, skip_dedup=True)
-    client = redis.Redis.from_url(live_stack.endpoints.redis)
+    sdk, fast = paths_with(redis_url, skip_dedup=True)
+    client = connect(redis_url)
     by_fast, by_sdk = BASE + 800_000 + np.arange(4), BASE + 810_000 + np.arange(4)
     for times in (np.full(4, 1.7e9), np.full(4, 1.6e9)):
         values = random_values(rng, fast, CARD_VIEW, 4)
@@ -270,8 +279,8 @@ def test_skip_dedup_overwrites_like_feast(live_stack: Any) -> None:
 
 
 @pytest.mark.integration
-def test_pushes_survive_a_flushed_script_cache(live_stack: Any) -> None:
-    _, fast = paths_with(live_stack.endpoints.redis, skip_dedup=False)
+def test_pushes_survive_a_flushed_script_cache(redis_url: str) -> None:
+    _, fast = paths_with(redis_url, skip_dedup=False)
     ids = BASE + 900_000 + np.arange(3)
     values = np.arange(3 * len(fast.views[CARD_VIEW]), dtype=np.float64).reshape(3, -1)
     fast.redis.script_flush()
@@ -282,13 +291,15 @@ def test_pushes_survive_a_flushed_script_cache(live_stack: Any) -> None:
 
 @pytest.mark.integration
 def test_scoring_round_trip_pushes_cards_and_reads_labels_and_commands(
-        live_stack: Any, store: Any, sdk: OnlineFeatures) -> None:
+        redis_url: str, store: Any, sdk: OnlineFeatures) -> None:
     """The scoring batch's single round trip: after a flushed script cache too, the card
     push reads back through Feast, the label arrays equal Feast's, and the caller's own
     commands on the same Redis get their replies."""
     fast = FastOnlineFeatures(store)
-    client = redis.Redis.from_url(live_stack.endpoints.redis)
-    assert fast.serves(client)
+    client = connect(redis_url)
+    # One round trip for the store's and the caller's commands on one server; in a
+    # cluster each client routes its own commands.
+    assert fast.serves(client) is not is_cluster(redis_url)
     assert not fast.serves(redis.Redis(host="127.0.0.1", port=1, db=0))
     rng = np.random.default_rng(7)
     terminals = BASE + 960_000 + np.arange(6) * 13
@@ -300,12 +311,14 @@ def test_scoring_round_trip_pushes_cards_and_reads_labels_and_commands(
     cards = BASE + 970_000 + np.arange(5)
     values = random_values(rng, fast, CARD_VIEW, len(cards))
     lookup = np.concatenate([terminals[::-1], terminals[:2], [BASE + 980_000]])
+    commands = [(b"HMGET", "test:scoring-round-trip", "b", "c"),
+                (b"HGETALL", "test:scoring-round-trip")] if fast.serves(client) else []
     replies, labels = fast.scoring_round_trip(
-        [(b"HMGET", "test:scoring-round-trip", "b", "c"),
-         (b"HGETALL", "test:scoring-round-trip")],
-        cards, random_times(rng, len(cards)), values, lookup)
-    assert replies[0] == [b"2", None]
-    assert dict(zip(replies[1][::2], replies[1][1::2], strict=True)) == {b"a": b"1", b"b": b"2"}
+        commands, cards, random_times(rng, len(cards)), values, lookup)
+    if commands:
+        assert replies[0] == [b"2", None]
+        assert dict(zip(replies[1][::2], replies[1][1::2], strict=True)) == {b"a": b"1",
+                                                                            b"b": b"2"}
     assert_labels_equal(labels, sdk.read_terminal_labels(lookup))
     assert len(labels) == len(terminals) + 1
     np.testing.assert_array_equal(sdk.read(CARD_VIEW, "card_id", cards),
@@ -317,12 +330,12 @@ def test_scoring_round_trip_pushes_cards_and_reads_labels_and_commands(
 
 @pytest.mark.integration
 def test_scoring_reads_label_arrays_again_only_when_a_push_changed_them(
-        live_stack: Any, store: Any, sdk: OnlineFeatures) -> None:
+        redis_url: str, store: Any, sdk: OnlineFeatures) -> None:
     """The scorer's label cache: every push (fast path or Feast's SDK) is seen by the next
     read, a lost token hash (a flushed Redis) loses no push, and arrays whose token did not
     change are not read again (a write behind the tokens' back stays unseen)."""
     fast = FastOnlineFeatures(store)
-    client = redis.Redis.from_url(live_stack.endpoints.redis)
+    client = connect(redis_url)
     rng = np.random.default_rng(11)
     terminals = BASE + 990_000 + np.arange(8) * 17
     cards = np.array([BASE + 995_000])
@@ -352,16 +365,21 @@ def test_scoring_reads_label_arrays_again_only_when_a_push_changed_them(
     field = layout.fields["label_frauds"]
     key = layout.keys(terminals[3:4])[0]
     client.hset(key, field, client.hget(layout.keys(terminals[4:5])[0], field) or b"")
-    assert_labels_equal(scored(), before)
+    if fast.cache_labels:
+        assert_labels_equal(scored(), before)
+    else:  # a Redis Cluster: no cache, every batch reads the arrays
+        assert_labels_equal(scored(), sdk.read_terminal_labels(terminals))
     client.close()
     fast.close()
 
 
 @pytest.mark.integration
-def test_reads_survive_a_killed_connection(live_stack: Any, fast: FastOnlineFeatures) -> None:
+def test_reads_survive_a_killed_connection(redis_url: str, fast: FastOnlineFeatures) -> None:
+    if fast.cluster:
+        pytest.skip("a cluster client reconnects to each node on its own (redis-py)")
     ids = BASE + 950_000 + np.arange(3)
     before = fast.read(CARD_VIEW, "card_id", ids)
-    client = redis.Redis.from_url(live_stack.endpoints.redis)
+    client = connect(redis_url)
     client.client_kill_filter(_id=str(fast.redis.client_id()))
     np.testing.assert_array_equal(fast.read(CARD_VIEW, "card_id", ids), before)
     client.close()
@@ -403,9 +421,9 @@ def test_refuses_stores_it_cannot_serve(config: dict[str, Any], message: str) ->
         FastOnlineFeatures(fake_store(**config))
 
 
-def test_refuses_redis_cluster() -> None:
+def test_refuses_redis_sentinel() -> None:
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig, RedisType
 
-    store = fake_store(online_store=RedisOnlineStoreConfig(redis_type=RedisType.redis_cluster))
-    with pytest.raises(ValueError, match="redis_type 'redis', not 'redis_cluster'"):
+    store = fake_store(online_store=RedisOnlineStoreConfig(redis_type=RedisType.redis_sentinel))
+    with pytest.raises(ValueError, match="'redis' and 'redis_cluster', not 'redis_sentinel'"):
         FastOnlineFeatures(store)

@@ -13,11 +13,13 @@ from streams.router import ModelRouter
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def router(live_stack) -> Iterator[ModelRouter]:  # noqa: ANN001
+@pytest.fixture(params=["server", "cluster"])
+def router(live_stack, request: pytest.FixtureRequest) -> Iterator[ModelRouter]:  # noqa: ANN001
+    """On the session's Redis server and on a Redis Cluster."""
+    url = (live_stack.endpoints.redis if request.param == "server"
+           else request.getfixturevalue("redis_cluster_url"))
     # A model name of its own: other tests' workers follow the real model's route.
-    router = ModelRouter(live_stack.endpoints.redis, model=f"router-test-{uuid.uuid4().hex[:8]}",
-                         ack_ttl_s=0.5)
+    router = ModelRouter(url, model=f"router-test-{uuid.uuid4().hex[:8]}", ack_ttl_s=0.5)
     yield router
     router.reset()
     router.close()
