@@ -15,12 +15,12 @@ import pytest
 
 from infra.local.base import free_port
 from streams.clients import produce, topic_end_offsets
-from streams.feast_client import CARD_VIEW, TERMINAL_VIEW, OnlineFeatures, open_store
+from streams.feast_client import CARD_VIEW, OnlineFeatures, open_store
 from streams.topics import SCORES
 from streams.worker import WorkerProcess
 from tests.streams.test_worker import (
-    DAY,
     expected_features,
+    label_terminals,
     make_transactions,
     read_scores,
     wait_for_scores,
@@ -49,18 +49,8 @@ def test_a_worker_on_a_redis_cluster_scores_every_event_once_on_its_exact_featur
     live_stack, redis_cluster_url: str, tmp_path,  # noqa: ANN001
 ) -> None:
     txs = make_transactions(800, seed=23)
-    store = open_store(redis_cluster_url)
-    online = OnlineFeatures(store)
-    terminals = sorted({tx.terminal_id for tx in txs})[:8]
-    rng = np.random.default_rng(9)
-    labels = {}
-    for terminal in terminals:
-        times = np.sort(rng.uniform(txs[0].event_time - 40 * DAY, txs[-1].event_time, 40))
-        labels[terminal] = (times.tolist(), (times + 7 * DAY).tolist(),
-                            rng.integers(0, 2, 40).tolist())
-    values = np.ones((len(terminals), len(online.views[TERMINAL_VIEW])))
-    online.push_terminal_risk(np.array(terminals), np.full(len(terminals), 1.5e9), values,
-                              [labels[t] for t in terminals])
+    online = OnlineFeatures(open_store(redis_cluster_url))
+    labels = label_terminals(online, txs, count=8, labels_each=40, seed=9)
 
     app_id = f"test-cluster-{uuid.uuid4().hex[:8]}"
     worker = WorkerProcess(

@@ -44,6 +44,25 @@ def make_transactions(n: int, seed: int) -> list[Transaction]:
     ]
 
 
+def label_terminals(online: OnlineFeatures, txs: list[Transaction], count: int, labels_each: int,
+                    seed: int) -> dict[int, tuple[list[float], list[float], list[int]]]:
+    """Terminal features come from the label state in Feast: give ``count`` terminals of
+    ``txs`` random labels (and their window values 1), pushed online; returns the labels."""
+    terminals = sorted({tx.terminal_id for tx in txs})[:count]
+    rng = np.random.default_rng(seed)
+    labels = {}
+    for terminal in terminals:
+        times = np.sort(rng.uniform(txs[0].event_time - 40 * DAY, txs[-1].event_time,
+                                    labels_each))
+        labels[terminal] = (times.tolist(), (times + 7 * DAY).tolist(),
+                            rng.integers(0, 2, labels_each).tolist())
+    values = np.ones((len(terminals), len(online.views[TERMINAL_VIEW])))
+    online.push_terminal_risk(np.array(terminals), np.full(len(terminals), 1.5e9), values,
+                              [labels[t] for t in terminals])
+    assert np.allclose(online.read(TERMINAL_VIEW, "terminal_id", np.array(terminals)), values)
+    return labels
+
+
 def expected_features(txs: list[Transaction],
                       terminal_labels: dict[int, tuple[list[float], list[float], list[int]]]
                       ) -> dict[int, np.ndarray]:
@@ -93,20 +112,8 @@ def test_every_valid_event_is_scored_once_and_equals_onnx_runtime(
     live_stack, worker_factory: Callable[..., object]  # noqa: ANN001
 ) -> None:
     txs = make_transactions(1500, seed=11)
-    # Terminal features come from the label state in Feast: give some terminals labels.
-    store = open_store(live_stack.endpoints.redis)
-    online = OnlineFeatures(store)
-    terminals = sorted({tx.terminal_id for tx in txs})[:10]
-    rng = np.random.default_rng(5)
-    labels = {}
-    for terminal in terminals:
-        times = np.sort(rng.uniform(txs[0].event_time - 40 * DAY, txs[-1].event_time, 60))
-        labels[terminal] = (times.tolist(), (times + 7 * DAY).tolist(),
-                            rng.integers(0, 2, 60).tolist())
-    values = np.ones((len(terminals), len(online.views[TERMINAL_VIEW])))
-    online.push_terminal_risk(np.array(terminals), np.full(len(terminals), 1.5e9), values,
-                              [labels[t] for t in terminals])
-    assert np.allclose(online.read(TERMINAL_VIEW, "terminal_id", np.array(terminals)), values)
+    online = OnlineFeatures(open_store(live_stack.endpoints.redis))
+    labels = label_terminals(online, txs, count=10, labels_each=60, seed=5)
 
     # This worker serves metrics where the stack's Prometheus scrapes them.
     worker = worker_factory(metrics_port=live_stack.settings.worker_metrics_port)
