@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                           "the drift's start, or the first model's end with --parquet)")
     run.add_argument("--no-loop", action="store_true",
                      help="no retrainer: stream, score and check parity with one model")
+    run.add_argument("--clock", choices=("wall", "event"), default="wall",
+                     help="wall: paced at --seconds-per-day, the retrainer acts in wall time; "
+                          "event: a day at a time, each acted on before the next (the same "
+                          "figures on any machine)")
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
     commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
     commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                             drift="none" if args.parquet else args.drift,
                             seconds_per_day=args.seconds_per_day, parquet=args.parquet,
                             first_model_end_day=args.first_model_days,
-                            compare_from_day=args.compare_from_day)
+                            compare_from_day=args.compare_from_day, clock=args.clock)
             run_loop(loop, keep_up=args.keep_up, triton_repo=Settings.from_env().triton_repo)
             return 0
         stack = Stack(Settings.from_env())

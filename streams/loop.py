@@ -55,6 +55,11 @@ class LoopSize:
     # day from which served and frozen scores are compared (default: the first model's end).
     parquet: str | None = None
     compare_from_day: int | None = None
+    # "wall": the replay runs at seconds_per_day and the retrainer acts when its wall
+    # time allows; "event": the loop's clock is event time (streams/step_replay.py): a
+    # day is replayed, scored and acted on before the next, the same figures on any
+    # machine for a seed.
+    clock: str = "wall"
 
 
 def simulate_world(size: LoopSize) -> pd.DataFrame:
@@ -74,8 +79,10 @@ def simulate_world(size: LoopSize) -> pd.DataFrame:
                              f"model's {size.first_model_end_day} and two weeks after them")
         return add_model_features(history)
 
+    # The seed picks the world: the customers' and the terminals' profiles (seed 0 is
+    # the handbook's world, profiles 0 and 1) and the drift's draws.
     raw = simulate(n_customers=size.customers, n_terminals=size.terminals,
-                   nb_days=size.days)
+                   nb_days=size.days, seed_customers=size.seed, seed_terminals=size.seed + 1)
     specs = [DriftSpec.parse(size.drift)] if size.drift != "none" else []
     return add_model_features(apply_drift(raw, specs, seed=size.seed))
 
@@ -110,9 +117,15 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
     from streams.producer import ReplayOptions, replay
     from streams.replay import Dataset
     from streams.retrainer import RetrainerConfig, connect
-    from streams.swap import score_onnx
+    from streams.swap import SwapConfig, score_onnx
 
     size = size or LoopSize()
+    if size.clock not in ("wall", "event"):
+        raise ValueError(f"the loop's clock is 'wall' or 'event', not {size.clock!r}")
+    if size.clock == "event":
+        import torch
+
+        torch.set_num_threads(1)  # the same arithmetic on any machine
     run_id = uuid.uuid4().hex[:8]
     settings = settings or Settings.from_env()
     run_dir = settings.state_dir / "runs" / f"loop-{run_id}"
@@ -163,9 +176,14 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         # days after a drift reach training a few days sooner. Warm starts need fewer
         # epochs than a first model, and fewer weeks: the parent's weights carry the
         # older ones, the recent weeks weigh more, and a cycle takes less wall time.
+        swap = SwapConfig()
+        if size.clock == "event":
+            # Nothing is scored while the retrainer acts: no shadow traffic to wait for,
+            # and a scorer waiting for the next day acknowledges no route.
+            swap = dataclasses.replace(swap, shadow_rows=0, drain_timeout_s=1.0)
         config = RetrainerConfig(
             feature_log=run_dir / "feature_log", repo_dir=triton_repo,
-            gate_days=size.gate_days, valid_days=size.valid_days,
+            gate_days=size.gate_days, valid_days=size.valid_days, swap=swap,
             recipe=dataclasses.replace(DEFAULT_RECIPE, max_epochs=size.retrain_epochs,
                                        patience=2, train_weeks=size.retrain_weeks))
         retrainer = connect(config, settings, kafka=endpoints.kafka,
@@ -174,21 +192,28 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
                             labels_start=labels_start)
         live_from = frame["TX_DATETIME"].min().normalize() + pd.Timedelta(
             days=size.first_model_end_day)
-        thread = threading.Thread(target=_retrain_when_live, daemon=True, args=(
-            retrainer, run_dir / "feature_log", live_from, stop))
-        thread.start()
-
-        speed = DAY / size.seconds_per_day
-        log(f"replaying {len(frame):,} transactions and their labels, one event day "
-            f"every {size.seconds_per_day:g} s")
-        began = time.monotonic()
-        replay(Dataset.from_frame(frame), endpoints.kafka, settings,
-               ReplayOptions(speed=speed))
         wanted = set(frame["TRANSACTION_ID"].tolist())
-        received = _wait_for(endpoints.kafka, settings, scores_start, wanted, workers)
+        began = time.monotonic()
+        if size.clock == "event":
+            log(f"replaying {len(frame):,} transactions and their labels a day at a time: "
+                "each day scored and acted on by the retrainer before the next")
+            received = _run_on_event_clock(
+                frame, endpoints.kafka, settings, scores_start, workers, retrainer,
+                run_dir / "feature_log", live_from)
+        else:
+            thread = threading.Thread(target=_retrain_when_live, daemon=True, args=(
+                retrainer, run_dir / "feature_log", live_from, stop))
+            thread.start()
+            speed = DAY / size.seconds_per_day
+            log(f"replaying {len(frame):,} transactions and their labels, one event day "
+                f"every {size.seconds_per_day:g} s")
+            replay(Dataset.from_frame(frame), endpoints.kafka, settings,
+                   ReplayOptions(speed=speed))
+            received = _wait_for(endpoints.kafka, settings, scores_start, wanted, workers)
         wall = time.monotonic() - began
         stop.set()
-        thread.join(timeout=120)
+        if thread is not None:
+            thread.join(timeout=120)
         events = [json.loads(m.value) for m in consume(
             endpoints.kafka, settings, MODEL_EVENTS, start=events_start,
             until=lambda got: False, timeout_s=5)]
@@ -260,6 +285,101 @@ def _retrain_when_live(retrainer, feature_log: Path, live_from: pd.Timestamp,  #
     log(f"the stream reached {live_from.date()}: the retrainer starts watching it")
     retrainer.start()
     retrainer.run(stop)
+
+
+class _ScoreReader:
+    """The scores topic read on from given offsets, a little at a time."""
+
+    def __init__(self, kafka: str, settings: Settings, start: dict[int, int]) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        self.consumer = Consumer({**settings.kafka.client_config(kafka),
+                                  "group.id": f"reader-{uuid.uuid4().hex[:12]}",
+                                  "enable.auto.commit": False})
+        self.consumer.assign([TopicPartition(SCORES, p, o) for p, o in start.items()])
+        self.values: list[bytes] = []
+
+    def read(self, timeout_s: float = 0.2) -> list[int]:
+        """The transaction ids of the scores that arrived."""
+        ids = []
+        for message in self.consumer.consume(num_messages=20_000, timeout=timeout_s):
+            if message.error():
+                continue
+            self.values.append(message.value())
+            ids.append(Score.parse(message.value()).tx_id)
+        return ids
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _run_on_event_clock(frame: pd.DataFrame, kafka: str, settings: Settings,
+                        scores_start: dict[int, int], workers: list[WorkerProcess],
+                        retrainer, feature_log: Path,  # noqa: ANN001
+                        live_from: pd.Timestamp, stall_s: float = 1.0,
+                        timeout_s: float = 600.0) -> list:
+    """Replay ``frame`` a day at a time (:mod:`streams.step_replay`): each day is scored
+    and in the feature log, the retrainer has read every label sent and taken its step
+    (drift decisions, retraining, the gate, the swap) before the next day is sent."""
+    from streams.clients import Received
+    from streams.feature_log import wait_for_feature_log
+    from streams.replay import Dataset
+    from streams.step_replay import StepReplay
+
+    dataset = Dataset.from_frame(frame)
+    stepper = StepReplay(dataset, kafka, settings)
+    reader = _ScoreReader(kafka, settings, scores_start)
+    ids = frame["TRANSACTION_ID"].to_numpy()
+    first = frame["TX_DATETIME"].min().normalize()
+    days = int((frame["TX_DATETIME"].max() - first) / pd.Timedelta(days=1)) + 1
+    origin = first.timestamp()
+    live = live_from.timestamp()
+    started = False
+    try:
+        for day in range(1, days + 1):
+            clock = origin + day * DAY
+            rows = stepper.send_before(clock, lookahead_s=3600) if day < days else np.arange(
+                stepper.next_row, len(dataset))
+            if day == days:
+                stepper.finish()
+            missing = set(ids[rows].tolist())
+            quiet_since = changed = time.monotonic()
+            while missing:
+                got = reader.read()
+                missing.difference_update(got)
+                now = time.monotonic()
+                if got:
+                    changed = quiet_since = now
+                if not all(w.alive() for w in workers):
+                    raise RuntimeError("a worker stopped; see its log in the run folder")
+                if missing and now - quiet_since > stall_s:
+                    # The newest events wait for a label known after them on every
+                    # labels partition (strict scoring): send the next ones.
+                    stepper.send_more_labels(500)
+                    quiet_since = now
+                if now - changed > timeout_s:
+                    raise RuntimeError(f"{len(missing):,} transactions of day {day} not "
+                                       f"scored in {timeout_s:.0f} s")
+            if clock <= live:
+                continue
+            wait_for_feature_log(feature_log, set(ids[rows].tolist()), timeout_s=120)
+            if not started:
+                log(f"the stream reached {live_from.date()}: the retrainer starts watching it")
+                retrainer.start()
+                started = True
+            ends = topic_end_offsets(kafka, settings, LABELS)
+            while not retrainer.labels.reached(ends):
+                retrainer.book.add(retrainer.labels.poll())
+            report = retrainer.step()
+            if report.trigger is not None or day % 7 == 0:
+                outcome = report.outcome.status if report.outcome else "-"
+                log(f"day {day}: {len(reader.values):,} scored; retrainer: "
+                    f"{report.decisions} drift decisions, trigger "
+                    f"{report.trigger.kind if report.trigger else '-'}, outcome {outcome}")
+    finally:
+        reader.close()
+        stepper.client.flush(10)
+    return [Received(None, value, [], 0, 0) for value in reader.values]
 
 
 def _log_retrainer(path: Path) -> None:

@@ -171,5 +171,18 @@ class LabelFeed:
                 break
         return labels
 
+    def reached(self, ends: dict[int, int]) -> bool:
+        """Whether every label before ``ends`` (partition -> offset) has been read."""
+        from confluent_kafka import TopicPartition
+
+        positions = self.consumer.position([TopicPartition(self.topic, p) for p in ends])
+        for tp in positions:
+            offset = tp.offset
+            if offset < 0:  # nothing fetched yet: the partition's first offset
+                offset = self.consumer.get_watermark_offsets(tp, timeout=10)[0]
+            if offset < ends[tp.partition]:
+                return False
+        return True
+
     def close(self) -> None:
         self.consumer.close()

@@ -68,3 +68,43 @@ def test_the_loop_retrains_gates_and_swaps_while_every_event_is_scored_once(
     assert "served (loop)" in (run_dir / "report.md").read_text()
     ports = [getattr(settings, name) for name in PORTS]
     assert not any(port_is_open(port) for port in ports), "the loop stopped its services"
+
+
+# Figures that depend on the machine: wall seconds, and the version numbers the shared
+# model repository hands out (each run registers its own).
+WALL_CLOCK_FIGURES = ("cycle_seconds", "promotions", "serving_versions")
+
+
+def test_on_the_event_clock_the_same_run_gives_the_same_figures(tmp_path: Path) -> None:
+    """``factory run --clock event``: each day is scored and acted on before the next,
+    so two runs of one world agree on every quality figure, every drift decision and
+    every promotion's event time, whatever the machine's speed."""
+    repo = tmp_path / "triton_repo"
+    (repo / "fraud_detector").mkdir(parents=True)
+    shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
+                    repo / "fraud_detector" / "config.pbtxt")
+    size = LoopSize(customers=150, terminals=300, days=42, first_model_end_day=21,
+                    drift="card_testing:start=28,days=14,intensity=10", retrain_epochs=3,
+                    clock="event")
+    runs, timelines = [], []
+    for n in range(2):
+        settings = dataclasses.replace(Settings(), state_dir=tmp_path / f"state-{n}",
+                                       **{name: free_port() for name in PORTS})
+        summary = run_loop(size, settings=settings, triton_repo=repo)
+        assert summary["scored"] == summary["transactions"] > 5_000
+        assert summary["duplicates"] == 0 and summary["skew_rows"] == 0
+        runs.append(summary)
+        run_dir = settings.state_dir / "runs" / f"loop-{summary['run']}"
+        events = [json.loads(line) for line in
+                  (run_dir / "model-events.jsonl").read_text().splitlines()]
+        # What happened and at which event time (version numbers and wall times aside).
+        timelines.append([(e["event"], e.get("monitor"), e.get("feature"),
+                           e.get("event_time"), e.get("trigger"), e.get("reason"),
+                           e.get("statistic")) for e in events])
+    first, second = (r["figures"] for r in runs)
+    assert first["promotions"], "the retrainer put a new version in service"
+    for name in first:
+        if name not in WALL_CLOCK_FIGURES:
+            assert first[name] == second[name], name
+    assert len(first["promotions"]) == len(second["promotions"])
+    assert timelines[0] == timelines[1]
