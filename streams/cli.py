@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="wall: paced at --seconds-per-day, the retrainer acts in wall time; "
                           "event: a day at a time, each acted on before the next (the same "
                           "figures on any machine)")
+    run.add_argument("--seeds", default=None, metavar="S,S,...",
+                     help="one run a seed (a world each), then the figures' mean and spread, "
+                          "e.g. --clock event --seeds 0,1,2")
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
     commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
     commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
@@ -123,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                             seconds_per_day=args.seconds_per_day, parquet=args.parquet,
                             first_model_end_day=args.first_model_days,
                             compare_from_day=args.compare_from_day, clock=args.clock)
+            if args.seeds:
+                from streams.loop import run_seeds
+
+                seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+                run_seeds(loop, seeds, keep_up=args.keep_up,
+                          triton_repo=Settings.from_env().triton_repo)
+                return 0
             run_loop(loop, keep_up=args.keep_up, triton_repo=Settings.from_env().triton_repo)
             return 0
         stack = Stack(Settings.from_env())

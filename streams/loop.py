@@ -267,6 +267,27 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
             stack.down([n for n in stack.services if n not in already])
 
 
+def run_seeds(size: LoopSize, seeds: list[int], *, settings: Settings | None = None,
+              triton_repo: Path = TRITON_REPO, keep_up: bool = False) -> dict[int, dict]:
+    """The loop once a seed (one world each), then a table of the figures with their
+    mean and spread; returns each seed's summary."""
+    from streams.loop_report import seeds_markdown
+
+    settings = settings or Settings.from_env()
+    summaries = {}
+    for n, seed in enumerate(seeds):
+        log(f"seed {seed} ({n + 1} of {len(seeds)})")
+        summaries[seed] = run_loop(dataclasses.replace(size, seed=seed), settings=settings,
+                                   triton_repo=triton_repo,
+                                   keep_up=keep_up or n < len(seeds) - 1)
+    table = seeds_markdown({seed: s["figures"] for seed, s in summaries.items()})
+    path = settings.state_dir / "runs" / f"seeds-{'-'.join(map(str, seeds))}.md"
+    path.write_text(f"clock {size.clock}, drift {size.drift}\n\n{table}\n")
+    print(f"\n{table}\n")
+    log(f"figures by seed: {path} (each run's folder is named above)")
+    return summaries
+
+
 def _retrain_when_live(retrainer, feature_log: Path, live_from: pd.Timestamp,  # noqa: ANN001
                        stop: threading.Event) -> None:
     """Start the retrainer once the stream reaches the day the first model went live.

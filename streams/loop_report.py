@@ -211,3 +211,32 @@ def report_markdown(figures: LoopFigures, known_drift: bool = True) -> str:
         lines.append("drift decision to new version serving: "
                      + ", ".join(f"{s:.1f} s" for s in figures.cycle_seconds))
     return "\n".join(lines)
+
+
+SEED_FIGURES = (("AP served", "adaptive_average_precision", ".3f"),
+                ("AP frozen", "frozen_average_precision", ".3f"),
+                ("AP gain", "ap_gain", ".2f"),
+                ("CP@100 served", "adaptive_card_precision_at_100", ".3f"),
+                ("CP@100 frozen", "frozen_card_precision_at_100", ".3f"))
+
+
+def seeds_markdown(figures: dict[int, dict]) -> str:
+    """A table of the loop's figures by seed (the world), with their mean and standard
+    deviation over the seeds; ``figures`` maps a seed to its ``LoopFigures.to_dict()``."""
+    import statistics
+
+    head = ["seed", *(name for name, _, _ in SEED_FIGURES), "promotions", "rejected"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for seed, f in sorted(figures.items()):
+        cells = [format(f[key], spec) for _, key, spec in SEED_FIGURES]
+        lines.append(f"| {seed} | " + " | ".join(cells)
+                     + f" | {len(f['promotions'])} | {len(f['rejections'])} |")
+    if len(figures) > 1:
+        for label, how in (("mean", statistics.fmean), ("sd", statistics.stdev)):
+            cells = [format(how([f[key] for f in figures.values()]), spec)
+                     for _, key, spec in SEED_FIGURES]
+            counts = [how([float(len(f["promotions"])) for f in figures.values()]),
+                      how([float(len(f["rejections"])) for f in figures.values()])]
+            lines.append(f"| {label} | " + " | ".join(cells)
+                         + "".join(f" | {c:.1f}" for c in counts) + " |")
+    return "\n".join(lines)

@@ -60,3 +60,22 @@ def test_served_beats_frozen_after_the_drift_and_the_report_says_so(tmp_path: Pa
     assert f"{figures.ap_gain:.2f}x" in text and "31.5 s" in text
     plot_loop(frame, frozen, 15, events, tmp_path / "loop.png")
     assert (tmp_path / "loop.png").stat().st_size > 10_000
+
+
+def test_the_seed_table_gives_each_world_and_the_mean_and_spread() -> None:
+    from streams.loop_report import seeds_markdown
+
+    def figures(served: float, frozen: float, promotions: int) -> dict:
+        return {"adaptive_average_precision": served, "frozen_average_precision": frozen,
+                "ap_gain": served / frozen, "adaptive_card_precision_at_100": 0.2,
+                "frozen_card_precision_at_100": 0.1, "promotions": [{}] * promotions,
+                "rejections": [{}]}
+
+    table = seeds_markdown({2: figures(0.6, 0.3, 4), 0: figures(0.8, 0.4, 2)})
+    rows = table.splitlines()
+    assert rows[2].startswith("| 0 | 0.800 | 0.400 | 2.00 |") and rows[2].endswith("| 2 | 1 |")
+    assert rows[3].startswith("| 2 | 0.600 | 0.300 | 2.00 |")
+    assert rows[4].startswith("| mean | 0.700 | 0.350 | 2.00 |") and rows[4].endswith(
+        "| 3.0 | 1.0 |")
+    assert rows[5].startswith("| sd | 0.141 | 0.071 | 0.00 |")
+    assert len(seeds_markdown({0: figures(0.8, 0.4, 2)}).splitlines()) == 3
