@@ -91,10 +91,10 @@ def drift_start_day(size: LoopSize) -> int:
     """The day from which served and frozen scores are compared."""
     if size.compare_from_day is not None:
         return size.compare_from_day
-    if size.parquet is not None:
+    if size.parquet is not None or size.drift == "none":
+        # No drift to start from (a team's data, or a control run without drift): from
+        # the day the first model went live.
         return size.first_model_end_day
-    if size.drift == "none":
-        return size.days
     from models.drift import DriftSpec
 
     return int(DriftSpec.parse(size.drift).start_day)
@@ -246,7 +246,8 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (run_dir / "model-events.jsonl").write_text(
             "".join(json.dumps(e, default=str) + "\n" for e in events))
-        text = report_markdown(figures, known_drift=size.parquet is None
+        text = report_markdown(figures, known_drift=(size.parquet is None
+                                                     and size.drift != "none")
                                or size.compare_from_day is not None)
         text += (f"\nscored {summary['scored']:,} of {len(frame):,} transactions "
                  f"({summary['duplicates']} duplicates, {summary['skew_rows']} rows whose "

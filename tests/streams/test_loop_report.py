@@ -79,3 +79,14 @@ def test_the_seed_table_gives_each_world_and_the_mean_and_spread() -> None:
         "| 3.0 | 1.0 |")
     assert rows[5].startswith("| sd | 0.141 | 0.071 | 0.00 |")
     assert len(seeds_markdown({0: figures(0.8, 0.4, 2)}).splitlines()) == 3
+
+
+def test_the_comparison_starts_at_the_drift_or_where_the_first_model_went_live() -> None:
+    """A control run without drift (and a team's own data) is compared from the first
+    model's last day, not from after the run's end (which left nothing to compare)."""
+    from streams.loop import LoopSize, drift_start_day
+
+    assert drift_start_day(LoopSize(drift="card_testing:start=42,days=42,intensity=10")) == 42
+    assert drift_start_day(LoopSize(drift="none", first_model_end_day=35)) == 35
+    assert drift_start_day(LoopSize(parquet="history.parquet", first_model_end_day=30)) == 30
+    assert drift_start_day(LoopSize(drift="none", compare_from_day=50)) == 50
