@@ -385,24 +385,28 @@ def main(argv: list[str] | None = None) -> int:
             return now | {name: group_cpu_seconds(pgid)
                           for name, pgid in service_pgids.items()}
 
-        def latency_phase(rate: float, seconds: float, source: str) -> dict[str, Any]:
-            """Transactions at a steady ``rate`` for ``seconds``: latency, stages, CPU."""
+        def latency_phase(rate: float, seconds: float, source: str,
+                          reserve: int = 0) -> dict[str, Any]:
+            """Transactions at a steady ``rate`` for ``seconds``: latency, stages, CPU;
+            ``reserve`` rows of the dataset are left for a later phase (a fast machine's
+            half load would otherwise use the whole dataset)."""
             assert feed is not None
             if args.warmup > 0:
                 # The same rate, not measured: a freshly started broker's JIT compiles
                 # its small-request paths in the first tens of seconds (the broker's CPU
                 # at 1,000 messages/s fell to a third after them), as do the workers'.
-                warm = min(int(rate * args.warmup), len(dataset) - feed.next_row)
+                warm = min(int(rate * args.warmup), len(dataset) - feed.next_row - reserve)
                 log(f"warm-up: {warm:,} transactions at {rate:,.0f}/s, not measured")
                 feed.paced(feed.next_row + warm, rate)
                 wait_scored(workers, scorer, feed.next_row, timeout_s=600, logs=work)
             done = feed.next_row
-            rows = min(int(rate * seconds), len(dataset) - done)
+            rows = min(int(rate * seconds), len(dataset) - done - reserve)
             start_tx = topic_end_offsets(endpoints.kafka, settings, TRANSACTIONS)
             start_scores = topic_end_offsets(endpoints.kafka, settings, SCORES)
             labels_before = feed.labels_sent
             stages0, batches0, cpu0_ = stage_seconds(workers), batch_counts(scorer), cpu_now()
-            log(f"latency phase: {rows:,} transactions at {rate:,.0f}/s for {seconds:.0f} s")
+            log(f"latency phase: {rows:,} transactions at {rate:,.0f}/s for "
+                f"{rows / rate:.0f} s")
             produce_s = feed.paced(done + rows, rate)
             wait_scored(workers, scorer, done + rows, timeout_s=600, logs=work)
             stages1, batches1, cpu1 = stage_seconds(workers), batch_counts(scorer), cpu_now()
@@ -436,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                 "_plot": (e2e_ms, record_ms, by_second),
             }
 
+        later = (int(args.steady_rate * (max(args.warmup, 0) + args.seconds))
+                 if args.steady_rate else 0)
         half = latency_phase(args.rate or round(0.5 * max_rate), args.seconds,
-                             "--rate" if args.rate else "0.5 x max rate")
+                             "--rate" if args.rate else "0.5 x max rate", reserve=later)
         steady = (latency_phase(args.steady_rate, args.seconds, "--steady-rate")
                   if args.steady_rate else None)
     finally:
