@@ -31,6 +31,17 @@ scenario           expected effect on a model trained on earlier weeks
                    7 days after the fact see fewer frauds: **risk features are
                    underestimated, recall on scenario 2 (compromised terminals)
                    drops**, and live quality on matured labels lags by the new delay.
+``night_spree``    A new fraud pattern (scenario 7): taken-over cards make a spree of
+                   a few purchases between 00:00 and 05:59, on terminals drawn from
+                   all terminals, at 0.5 to 2 times the card's usual amount and below
+                   220 (scenario 1's rule never fires). The handbook's frauds keep the
+                   genuine time of day, so the baseline model gives the night flag no
+                   weight, and ordinary amounts on terminals with no known fraud score
+                   low: **recall and average precision on scenario-7 frauds stay near
+                   chance**. The signal is in the night flag, the card's 1-day count
+                   (a spree adds 3 to 8 within six hours) and in terminals the card
+                   never used, which no current feature encodes; it carries weight
+                   only once the model is retrained on post-drift labels.
 =================  ====================================================================
 
 Row conventions: rows added by a step get fresh TRANSACTION_IDs; the table is re-sorted
@@ -50,19 +61,26 @@ import pandas as pd
 
 from models.simulator import SECONDS_PER_DAY
 
-DriftKind = Literal["card_testing", "spending_shift", "label_delay"]
+DriftKind = Literal["card_testing", "spending_shift", "label_delay", "night_spree"]
 
 CARD_TESTING_SCENARIO = 4
+NIGHT_SPREE_SCENARIO = 7
+NIGHT_SECONDS = 6 * 3600
+"""A spree's rows fall in [00:00, 06:00) of their day, inside the reference night flag."""
 DEFAULT_LABEL_DELAY_DAYS = 7.0
 LABEL_DELAY_COLUMN = "LABEL_DELAY_DAYS"
 SCENARIO_1_THRESHOLD = 220.0
 
-_KIND_CODES: dict[str, int] = {"card_testing": 4, "spending_shift": 5, "label_delay": 6}
+_KIND_CODES: dict[str, int] = {
+    "card_testing": 4, "spending_shift": 5, "label_delay": 6, "night_spree": 7,
+}
 _DEFAULT_INTENSITY: dict[str, float] = {
     "card_testing": 10.0,
     "spending_shift": 0.5,
     "label_delay": 1.0,
+    "night_spree": 5.0,
 }
+_CARDS_A_DAY_KINDS = ("card_testing", "night_spree")
 
 
 @dataclass(frozen=True)
@@ -72,16 +90,17 @@ class DriftSpec:
     Parameters
     ----------
     kind
-        ``card_testing``, ``spending_shift`` or ``label_delay``.
+        ``card_testing``, ``spending_shift``, ``label_delay`` or ``night_spree``.
     start_day
         First day index (TX_TIME_DAYS) the drift touches.
     duration_days
         Length of the drift window in days; ``None`` runs to the end of the data.
     intensity
         Strength of the drift, in the scenario's unit: cards stolen a day
-        (``card_testing``), share of customers affected (``spending_shift``) or share
-        of transactions whose label delay changes (``label_delay``). ``None`` takes
-        10 cards a day, half the customers, or every transaction.
+        (``card_testing``), share of customers affected (``spending_shift``), share
+        of transactions whose label delay changes (``label_delay``) or cards taken
+        over a day (``night_spree``). ``None`` takes 10 cards a day, half the
+        customers, every transaction, or 5 cards a day.
     factor, frequency
         ``spending_shift``: multiplier of genuine amounts and of the number of
         genuine transactions.
@@ -90,6 +109,8 @@ class DriftSpec:
     burst_size, burst_hours, amount_range
         ``card_testing``: transactions per burst (inclusive range), the span of a burst
         in hours, and the range of the tiny amounts.
+    spree_size
+        ``night_spree``: transactions per spree (inclusive range).
     """
 
     kind: DriftKind
@@ -103,6 +124,7 @@ class DriftSpec:
     burst_size: tuple[int, int] = (10, 30)
     burst_hours: tuple[float, float] = (1.0, 4.0)
     amount_range: tuple[float, float] = (1.0, 5.0)
+    spree_size: tuple[int, int] = (3, 8)
 
     def __post_init__(self) -> None:
         if self.kind not in _KIND_CODES:
@@ -111,7 +133,7 @@ class DriftSpec:
             raise ValueError(f"start_day must be >= 0, got {self.start_day}")
         if self.duration_days is not None and self.duration_days < 1:
             raise ValueError(f"duration_days must be >= 1, got {self.duration_days}")
-        if self.level < 0 or (self.kind != "card_testing" and self.level > 1):
+        if self.level < 0 or (self.kind not in _CARDS_A_DAY_KINDS and self.level > 1):
             raise ValueError(f"{self.kind}: intensity {self.level} out of range")
         if self.factor <= 0 or self.frequency < 0:
             raise ValueError("factor must be > 0 and frequency >= 0")
@@ -123,6 +145,8 @@ class DriftSpec:
             raise ValueError(f"burst_hours must be 0 < low <= high < 24, got {self.burst_hours}")
         if not 0 < self.amount_range[0] <= self.amount_range[1]:
             raise ValueError(f"amount_range must be 0 < low <= high, got {self.amount_range}")
+        if not 1 <= self.spree_size[0] <= self.spree_size[1]:
+            raise ValueError(f"spree_size must be 1 <= low <= high, got {self.spree_size}")
 
     @property
     def level(self) -> float:
@@ -198,7 +222,7 @@ def apply_drift(df: pd.DataFrame, specs: Sequence[DriftSpec], seed: int = 0) -> 
     ordered += [s for s in specs if s.kind == "label_delay"]
     for index, spec in enumerate(ordered):
         step = {"card_testing": card_testing, "spending_shift": spending_shift,
-                "label_delay": label_delay}[spec.kind]
+                "label_delay": label_delay, "night_spree": night_spree}[spec.kind]
         out = step(out, spec, _stream_seed(seed, index, spec))
     return out
 
@@ -295,6 +319,64 @@ def card_testing(df: pd.DataFrame, spec: DriftSpec, seed: Sequence[int]) -> pd.D
     added["TX_TIME_DAYS"] = added["TX_TIME_SECONDS"] // SECONDS_PER_DAY
     added["TX_FRAUD"] = np.ones(len(added["TX_AMOUNT"]), np.int64)
     added["TX_FRAUD_SCENARIO"] = np.full(len(added["TX_AMOUNT"]), CARD_TESTING_SCENARIO)
+    return _rebuild(df, None, added)
+
+
+def night_spree(df: pd.DataFrame, spec: DriftSpec, seed: Sequence[int]) -> pd.DataFrame:
+    """Taken-over cards make sprees of purchases at night (new fraud scenario 7).
+
+    On each day of the window, ``intensity`` cards (among those in the table with a
+    genuine transaction before ``start_day``) are taken over; each gets one spree of
+    ``spree_size`` transactions at times drawn uniformly in [00:00, 06:00) of that
+    day, on terminals drawn uniformly from all terminals in the table. Amounts are
+    the card's mean genuine amount before ``start_day`` times U(0.5, 2.0), rounded to
+    2 decimals and kept in [0.01, 219.99], so scenario 1 (amount above 220) never
+    labels them. Added rows are frauds with TX_FRAUD_SCENARIO 7; existing rows are
+    not touched.
+
+    A model trained before the drift has seen frauds only at the genuine time of day,
+    at large amounts or on risky terminals: these rows look ordinary to it, and the
+    night flag and the card's 1-day count carry weight only once it is retrained.
+
+    Raises
+    ------
+    ValueError
+        When the window has days but no card has a genuine transaction before
+        ``start_day`` (the amounts need the card's own mean).
+    """
+    if not len(df):
+        return df
+    days = df["TX_TIME_DAYS"].to_numpy(np.int64)
+    end = spec.end_day(int(days.max()))
+    history = df[(days < spec.start_day) & (df["TX_FRAUD"].to_numpy(np.int64) == 0)]
+    means = history.groupby("CUSTOMER_ID")["TX_AMOUNT"].mean().sort_index()
+    cards = means.index.to_numpy(np.int64)
+    usual = means.to_numpy(np.float64)
+    if spec.start_day < end and not len(cards):
+        raise ValueError(f"night_spree from day {spec.start_day}: no card has a genuine "
+                         "transaction before the start day to set its amounts")
+    all_terminals = np.unique(df["TERMINAL_ID"].to_numpy(np.int64))
+    n_cards = min(int(round(spec.level)), len(cards))
+    columns: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("CUSTOMER_ID", "TERMINAL_ID", "TX_AMOUNT", "TX_TIME_SECONDS")
+    }
+    low, high = spec.spree_size
+    for day in range(spec.start_day, end):
+        rng = np.random.default_rng([*seed, day])
+        for position in rng.choice(len(cards), size=n_cards, replace=False):
+            size = int(rng.integers(low, high + 1))
+            seconds = np.sort(rng.integers(0, NIGHT_SECONDS, size))
+            columns["TX_TIME_SECONDS"].append(day * SECONDS_PER_DAY + seconds)
+            columns["CUSTOMER_ID"].append(np.full(size, cards[position], np.int64))
+            columns["TERMINAL_ID"].append(rng.choice(all_terminals, size=size))
+            amounts = np.round(usual[position] * rng.uniform(0.5, 2.0, size), 2)
+            columns["TX_AMOUNT"].append(np.clip(amounts, 0.01, SCENARIO_1_THRESHOLD - 0.01))
+    if not columns["TX_TIME_SECONDS"]:
+        return df
+    added = {k: np.concatenate(v) for k, v in columns.items()}
+    added["TX_TIME_DAYS"] = added["TX_TIME_SECONDS"] // SECONDS_PER_DAY
+    added["TX_FRAUD"] = np.ones(len(added["TX_AMOUNT"]), np.int64)
+    added["TX_FRAUD_SCENARIO"] = np.full(len(added["TX_AMOUNT"]), NIGHT_SPREE_SCENARIO)
     return _rebuild(df, None, added)
 
 

@@ -100,6 +100,49 @@ SERVING_NAMES: dict[str, str] = dict(
 """Each model column's name in the stream's feature log and in Feast."""
 
 
+LABEL_DELAY_DAYS = 7
+"""The label delay the terminal features assume (the handbook's, and the stream's)."""
+
+
+def warm_up_days(column: str, delay_days: float = LABEL_DELAY_DAYS) -> float:
+    """Days of history a model column needs before its window is complete.
+
+    A row less than this after the start of the history its features were computed
+    from has a partly empty window: its counts and sums are smaller than they will be
+    in steady state, which drift monitors would rightly call a shift. Card windows
+    need their length; terminal windows need their length plus the label delay (they
+    hold ``(t - (d + w), t - d]``); the 60-day capped gaps need the cap plus the delay;
+    the transaction's own columns need nothing.
+    """
+    if column.startswith("TX_"):
+        return 0.0
+    if column == "CUSTOMER_ID_AMOUNT_RATIO_90DAY":
+        return float(CARD_MEAN_DAYS)
+    if column == "CUSTOMER_ID_MAX_PREV_AMOUNT_RATIO_14DAY":
+        return float(CARD_RECENT_DAYS)
+    if column.startswith("TERMINAL_ID_KNOWN_FRAUD_RUN") or column == (
+            "TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE"):
+        return float(HORIZON_DAYS) + delay_days
+    for prefix, extra in (("CUSTOMER_ID_", 0.0), ("TERMINAL_ID_", delay_days)):
+        if column.startswith(prefix) and column.endswith("DAY_WINDOW"):
+            days = column.removesuffix("DAY_WINDOW").rsplit("_", 1)[-1]
+            return float(days) + extra
+    raise KeyError(f"no warm-up known for column {column!r}")
+
+
+def feature_entity(column: str) -> str:
+    """Whose value a model column is: ``card``, ``terminal`` or ``transaction``."""
+    if column.startswith("CUSTOMER_ID_"):
+        return "card"
+    return "terminal" if column.startswith("TERMINAL_ID_") else "transaction"
+
+
+SCORE_WARM_UP_DAYS = 30.0 + LABEL_DELAY_DAYS
+"""History a score needs before the drift monitors compare it: the longest count window
+(the terminal's 30 days behind the label delay). The 90-day mean ratio and the 60-day
+capped gaps still move slowly after that; a no-drift run raises no score alarm."""
+
+
 def from_serving_names(frame: pd.DataFrame) -> pd.DataFrame:
     """A feature-log frame with its feature columns renamed to :data:`MODEL_FEATURE_COLUMNS`.
 

@@ -5,11 +5,12 @@ Each model version carries a :class:`ReferenceProfile` (``reference.json`` besid
 model): per-feature quantile histograms, a seeded sample of each feature for the KS test,
 and the histogram of the model's own scores on its training window. A
 :class:`DriftMonitor` keeps the recent scored and labelled events in event time and, at
-each :meth:`DriftMonitor.evaluate`, measures six monitors:
+each :meth:`DriftMonitor.evaluate`, measures seven monitors:
 
 ==================  =====================================================================
 ``feature_psi``     PSI of each feature over the last ``window_seconds`` of scored events
 ``feature_ks``      two-sample KS statistic and p-value of each feature against the sample
+``feature_tail``    how many times the expected number of cards have a row beyond the extremes
 ``score_psi``       PSI of the score distribution
 ``concept_ap``      relative drop of average precision on matured labels below the gate's
 ``concept_cp100``   relative drop of card precision@100 (daily mean) below the gate's
@@ -35,7 +36,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Gauge
-from scipy.stats import ks_2samp
+from scipy.stats import binom, ks_2samp
 from sklearn.metrics import average_precision_score
 
 from models.evaluation import card_precision_at_k
@@ -43,7 +44,8 @@ from models.reference_features import TARGET_COLUMN
 from models.simulator import SECONDS_PER_DAY
 
 MonitorName = Literal[
-    "feature_psi", "feature_ks", "score_psi", "concept_ap", "concept_cp100", "page_hinkley"
+    "feature_psi", "feature_ks", "feature_tail", "score_psi", "concept_ap", "concept_cp100",
+    "page_hinkley",
 ]
 MONITORS: tuple[str, ...] = get_args(MonitorName)
 
@@ -54,6 +56,9 @@ A bin holding 1 % on one side and nothing on the other adds ``0.01 * ln(0.01 / 1
 = 0.046, about a quarter of the 0.2 alarm level; proportions are not renormalised."""
 
 LOG_LOSS_CLIP = 1e-7
+
+ENTITIES = ("card", "terminal", "transaction")
+"""Whose value a feature is: the tail monitor counts each card, terminal or row once."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,16 +131,46 @@ def ks_test(reference: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
+@dataclass(frozen=True)
+class Tail:
+    """The extremes of a feature on the reference rows: the ``q`` and ``1 - q`` quantiles
+    and the share of rows strictly beyond each."""
+
+    low_edge: float
+    low_share: float
+    high_edge: float
+    high_share: float
+
+    @classmethod
+    def from_values(cls, values: np.ndarray, q: float) -> Tail:
+        values = _non_nan(values)
+        low, high = (float(v) for v in np.quantile(values, [q, 1.0 - q]))
+        return cls(low, float(np.mean(values < low)), high, float(np.mean(values > high)))
+
+
 @dataclass(frozen=True, eq=False)
 class ReferenceProfile:
-    """What the features and scores looked like on a model's training window."""
+    """What the features and scores looked like on a model's training window.
+
+    Only rows whose windows were complete count: a row less than ``warm_up_s[j]``
+    after ``history_start`` (the first event the stream's state was built from) has a
+    partly empty window for feature ``j``, and the monitors skip such live rows too. A
+    feature with too few complete rows has no histogram (``None``) and is not
+    monitored against this profile; the same holds for the score.
+    """
 
     feature_names: tuple[str, ...]
-    features: tuple[Histogram, ...]
-    score: Histogram
+    features: tuple[Histogram | None, ...]
+    score: Histogram | None
     samples: tuple[np.ndarray, ...]
     n_rows: int
     bins: int
+    history_start: float | None = None
+    warm_up_s: tuple[float, ...] = ()
+    score_warm_up_s: float = 0.0
+    tails: tuple[Tail | None, ...] = ()
+    tail_quantile: float = 0.001
+    entities: tuple[str, ...] = ()
 
     @classmethod
     def from_frame(
@@ -146,59 +181,152 @@ class ReferenceProfile:
         bins: int = 10,
         sample_size: int = 2000,
         seed: int = 0,
+        *,
+        event_times: np.ndarray | None = None,
+        history_start: float | None = None,
+        warm_up_s: Sequence[float] | None = None,
+        score_warm_up_s: float = 0.0,
+        min_complete_rows: int = 1000,
+        tail_quantile: float = 0.001,
+        entities: Sequence[str] | None = None,
+        score_rows: np.ndarray | None = None,
     ) -> ReferenceProfile:
         """Profile ``features [n, f]`` and ``scores [n]``.
 
-        The KS sample is the same ``sample_size`` rows (drawn without replacement with
-        ``seed``) for every feature, NaN dropped, stored as float32 as served.
+        With ``event_times``, ``history_start`` and ``warm_up_s``, feature ``j`` is
+        profiled on the rows at or after ``history_start + warm_up_s[j]`` only, and
+        left unprofiled when fewer than ``min_complete_rows`` remain; the score
+        likewise with ``score_warm_up_s``, and only on ``score_rows`` when given (a
+        model's scores on its own training rows are surer than on any later row, so
+        the score's reference is its held-out rows). ``entities`` names whose value
+        each feature is (``card``, ``terminal`` or ``transaction``; the tail monitor
+        counts each once). The KS sample of a feature is up to
+        ``sample_size`` of its rows (drawn without replacement with ``seed``), NaN
+        dropped, stored as float32 as served.
         """
         features = np.asarray(features)
         if features.ndim != 2 or features.shape[1] != len(feature_names):
             raise ValueError(f"features {features.shape} do not match {len(feature_names)} names")
         if len(scores) != len(features) or not len(features):
             raise ValueError(f"need as many scores ({len(scores)}) as rows ({len(features)})")
-        rng = np.random.default_rng(seed)
-        rows = np.sort(rng.choice(len(features), min(sample_size, len(features)), replace=False))
+        warm = tuple(float(w) for w in (warm_up_s or [0.0] * len(feature_names)))
+        if len(warm) != len(feature_names):
+            raise ValueError(f"{len(warm)} warm-up lengths for {len(feature_names)} features")
+        masked = event_times is not None and history_start is not None
+        times = np.asarray(event_times, np.float64) if masked else None
+
+        def complete(warm_up: float) -> np.ndarray | None:
+            """The rows whose window is complete, or None when too few are."""
+            if times is None:
+                return np.arange(len(features))
+            assert history_start is not None
+            rows = np.flatnonzero(times >= history_start + warm_up)
+            return rows if len(rows) >= min_complete_rows else None
+
+        histograms: list[Histogram | None] = []
+        samples: list[np.ndarray] = []
+        tails: list[Tail | None] = []
+        for j, column in enumerate(np.asarray(features).T):
+            rows = complete(warm[j])
+            values = None if rows is None else _non_nan(column[rows])
+            if values is None or not np.isfinite(values).any():
+                histograms.append(None)
+                tails.append(None)
+                samples.append(np.zeros(0, np.float32))
+                continue
+            histograms.append(Histogram.from_values(values, bins))
+            tails.append(Tail.from_values(values, tail_quantile))
+            rng = np.random.default_rng(seed)
+            pick = np.sort(rng.choice(len(values), min(sample_size, len(values)), replace=False))
+            samples.append(values[pick].astype(np.float32))
+        score_at = complete(score_warm_up_s)
+        if score_at is not None and score_rows is not None:
+            score_at = np.intersect1d(score_at, np.flatnonzero(score_rows))
+            score_at = score_at if len(score_at) >= min(min_complete_rows, len(features)) \
+                else None
+        kinds = tuple(entities or ("card",) * len(feature_names))
+        if len(kinds) != len(feature_names) or set(kinds) - set(ENTITIES):
+            raise ValueError(f"entities {kinds} are not one of {ENTITIES} a feature")
         return cls(
             feature_names=tuple(feature_names),
-            features=tuple(Histogram.from_values(column, bins) for column in features.T),
-            score=Histogram.from_values(np.asarray(scores), bins),
-            samples=tuple(_non_nan(c).astype(np.float32) for c in features[rows].T),
+            features=tuple(histograms),
+            score=None if score_at is None else Histogram.from_values(
+                np.asarray(scores)[score_at], bins),
+            samples=tuple(samples),
             n_rows=len(features),
             bins=bins,
+            history_start=None if history_start is None else float(history_start),
+            warm_up_s=warm,
+            score_warm_up_s=float(score_warm_up_s),
+            tails=tuple(tails),
+            tail_quantile=tail_quantile,
+            entities=kinds,
         )
 
+    def complete_from(self, j: int | None) -> float:
+        """Event time from which live rows have a complete window for feature ``j``
+        (``None``: the score); ``-inf`` when the profile does not know its history."""
+        if self.history_start is None:
+            return -math.inf
+        warm = self.score_warm_up_s if j is None else (self.warm_up_s or (0.0,) * (j + 1))[j]
+        return self.history_start + warm
+
+    @property
+    def unprofiled(self) -> list[str]:
+        """Features (and ``score``) this profile cannot judge: too few complete rows."""
+        names = [n for n, h in zip(self.feature_names, self.features, strict=True) if h is None]
+        return names + (["score"] if self.score is None else [])
+
     def to_json(self) -> str:
-        """``reference.json``: ``{"v": 1, "n_rows", "bins", "feature_names", "features":
-        [{"edges", "proportions", "sample"}], "score": {"edges", "proportions"}}``.
+        """``reference.json``: ``{"v": 2, "n_rows", "bins", "feature_names",
+        "history_start", "score_warm_up_s", "tail_quantile", "entities", "features": [{"edges",
+        "proportions", "sample", "warm_up_s", "tail"} or {"warm_up_s"} when unprofiled],
+        "score": {"edges", "proportions"} or null}``.
 
         ``edges`` are the inner edges (the outer ones are always -inf and +inf, which JSON
         cannot spell); samples are written in float32's shortest form to stay small.
         """
+        warm = self.warm_up_s or (0.0,) * len(self.feature_names)
+        tails = self.tails or (None,) * len(self.feature_names)
+        features = []
+        for h, sample, w, tail in zip(self.features, self.samples, warm, tails, strict=True):
+            item: dict[str, Any] = {"warm_up_s": w}
+            if h is not None:
+                item.update(h.as_dict(), sample=[float(str(v)) for v in sample],
+                            tail=None if tail is None else dataclasses.asdict(tail))
+            features.append(item)
         return json.dumps({
-            "v": 1,
+            "v": 2,
             "n_rows": self.n_rows,
             "bins": self.bins,
             "feature_names": list(self.feature_names),
-            "features": [
-                {**h.as_dict(), "sample": [float(str(v)) for v in s]}
-                for h, s in zip(self.features, self.samples, strict=True)
-            ],
-            "score": self.score.as_dict(),
+            "history_start": self.history_start,
+            "score_warm_up_s": self.score_warm_up_s,
+            "tail_quantile": self.tail_quantile,
+            "entities": list(self.entities),
+            "features": features,
+            "score": None if self.score is None else self.score.as_dict(),
         })
 
     @classmethod
     def from_json(cls, text: str) -> ReferenceProfile:
         data = json.loads(text)
-        if data.get("v") != 1:
+        if data.get("v") not in (1, 2):
             raise ValueError(f"unsupported reference profile version {data.get('v')!r}")
+        items = data["features"]
         return cls(
             feature_names=tuple(data["feature_names"]),
-            features=tuple(Histogram.from_dict(f) for f in data["features"]),
-            score=Histogram.from_dict(data["score"]),
-            samples=tuple(np.asarray(f["sample"], np.float32) for f in data["features"]),
+            features=tuple(Histogram.from_dict(f) if "edges" in f else None for f in items),
+            score=None if data["score"] is None else Histogram.from_dict(data["score"]),
+            samples=tuple(np.asarray(f.get("sample", []), np.float32) for f in items),
             n_rows=int(data["n_rows"]),
             bins=int(data["bins"]),
+            history_start=data.get("history_start"),
+            warm_up_s=tuple(float(f.get("warm_up_s", 0.0)) for f in items),
+            score_warm_up_s=float(data.get("score_warm_up_s", 0.0)),
+            tails=tuple(Tail(**f["tail"]) if f.get("tail") else None for f in items),
+            tail_quantile=float(data.get("tail_quantile", 0.001)),
+            entities=tuple(data.get("entities", ())),
         )
 
 
@@ -292,6 +420,13 @@ class DriftThresholds:
         alarm in 2 million stationary events and fired within ~1,200 events after 0.5 %
         of unseen frauds were added (mean log-loss doubled); river's defaults (0.005, 50,
         0.9999) raised an alarm every ~30,000 stationary events.
+    tail_ratio, tail_pvalue
+        Both must hold: five times the expected number of cards with a row beyond the
+        reference's 0.1 % or 99.9 % quantile (the reference's share, never less than
+        0.05 %), and a binomial p < 1e-6 of that many if nothing changed: 7 cards of
+        a day's 1,000. A new fraud pattern (ten cards a day tested 10-30 times within
+        hours) lands beyond the extremes long before it moves a decile, and long
+        before its labels mature.
     min_rows, min_label_rows, min_positives
         Smallest windows judged: 1,000 scored rows; 1,000 labelled rows with 20 frauds
         (AP from fewer frauds swings by tens of percent).
@@ -315,6 +450,8 @@ class DriftThresholds:
     ph_delta: float = 0.02
     ph_lambda: float = 50.0
     ph_alpha: float = 1.0
+    tail_ratio: float = 5.0
+    tail_pvalue: float = 1e-6
     min_rows: int = 1000
     min_label_rows: int = 1000
     min_positives: int = 20
@@ -340,6 +477,7 @@ class DriftDecision:
     exceeded: bool
     details: dict[str, float] = field(default_factory=dict)
     model_version: int | None = None
+    evaluated_at: float | None = None
 
     def to_record(self) -> dict[str, Any]:
         """The ``model-events`` message: ``drift_detected`` or ``drift_check``."""
@@ -357,6 +495,7 @@ class DriftDecision:
             "exceeded": self.exceeded,
             "details": dict(self.details),
             "model_version": self.model_version,
+            "evaluated_at": self.evaluated_at,
         }
 
 
@@ -388,20 +527,28 @@ class DriftMonitor:
         self.model_version = model_version
         t = self.thresholds
         self.page_hinkley = PageHinkley(t.ph_delta, t.ph_lambda, t.ph_alpha)
-        self._scored: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._scored: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # keys
+        self._rows_seen = 0
         self._labelled: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._ph_first, self._ph_last = math.inf, -math.inf
         self._ph_count, self._ph_alarms, self._ph_peak = 0, 0, 0.0
         self._states: dict[tuple[str, str], _Debounce] = {}
         self._concept_seen: tuple[int, int] | None = None
 
-    def observe(self, features: np.ndarray, scores: np.ndarray, event_times: np.ndarray) -> None:
-        """Add scored events: ``features [n, f]``, ``scores [n]``, ``event_times [n]``."""
+    def observe(self, features: np.ndarray, scores: np.ndarray, event_times: np.ndarray,
+                cards: np.ndarray | None = None, terminals: np.ndarray | None = None) -> None:
+        """Add scored events: ``features [n, f]``, ``scores [n]``, ``event_times [n]``,
+        and their ``cards [n]`` and ``terminals [n]`` (the tail monitor counts a card or
+        a terminal once; without them, every row is one of its own)."""
         features = np.asarray(features, np.float32)
         if features.ndim != 2 or features.shape[1] != len(self.profile.feature_names):
             raise ValueError(f"features {features.shape} do not match the reference profile")
         times = np.asarray(event_times, np.float64)
-        self._scored.append((times, features, np.asarray(scores, np.float64).ravel()))
+        rows = -1 - (self._rows_seen + np.arange(len(times), dtype=np.int64))
+        self._rows_seen += len(times)
+        keys = np.column_stack([rows if k is None else np.asarray(k, np.int64)
+                                for k in (cards, terminals, rows)])
+        self._scored.append((times, features, np.asarray(scores, np.float64).ravel(), keys))
 
     def observe_labels(
         self, scores: np.ndarray, labels: np.ndarray, event_times: np.ndarray, cards: np.ndarray
@@ -423,32 +570,79 @@ class DriftMonitor:
         """Measure every monitor whose window is large enough and debounce the verdicts."""
         now = float(now_event_time)
         raw = [*self._covariate(now), *self._concept(now), *self._page_hinkley()]
-        return [self._debounced(d, now) for d in raw]
+        return [self._debounced(dataclasses.replace(d, evaluated_at=now), now) for d in raw]
 
     def _covariate(self, now: float) -> list[DriftDecision]:
         t, start = self.thresholds, now - self.thresholds.window_seconds
         self._scored = _expire(self._scored, start)
         if not self._scored:
             return []
-        times, features, scores = (np.concatenate(c) for c in zip(*self._scored, strict=True))
-        keep = (times > start) & (times <= now)
-        features, scores, n = features[keep], scores[keep], int(keep.sum())
-        if n < t.min_rows:
-            return []
-        window = {"window_start": start, "window_end": now, "n_rows": n}
-        out = [self._decision("score_psi", "", self.profile.score.psi(scores), t.score_psi,
-                              window)]
-        for j, name in enumerate(self.profile.feature_names):
-            if name in t.unmonitored_features:
+        times, features, scores, keys = (np.concatenate(c)
+                                         for c in zip(*self._scored, strict=True))
+        entities = self.profile.entities or ("card",) * features.shape[1]
+        in_window = (times > start) & (times <= now)
+        profile, out = self.profile, []
+
+        def rows(j: int | None) -> np.ndarray:
+            """The window's rows whose window is complete for feature ``j`` (or the score)."""
+            return in_window & (times >= profile.complete_from(j))
+
+        keep = rows(None)
+        if profile.score is not None and keep.sum() >= t.min_rows:
+            out.append(self._decision("score_psi", "", profile.score.psi(scores[keep]),
+                                      t.score_psi, self._window(start, now, keep)))
+        tails = profile.tails or (None,) * len(profile.feature_names)
+        for j, name in enumerate(profile.feature_names):
+            histogram = profile.features[j]
+            keep = rows(j)
+            if name in t.unmonitored_features or histogram is None or keep.sum() < t.min_rows:
                 continue
-            column = features[:, j]
-            out.append(self._decision("feature_psi", name, self.profile.features[j].psi(column),
-                                      t.psi, window))
-            d, p = ks_test(self.profile.samples[j], column)
+            window, column = self._window(start, now, keep), features[keep, j]
+            out.append(self._decision("feature_psi", name, histogram.psi(column), t.psi, window))
+            d, p = ks_test(profile.samples[j], column)
             out.append(self._decision("feature_ks", name, d, t.ks_statistic, window,
                                       {"p_value": p, "p_value_threshold": t.ks_pvalue},
                                       exceeded=d > t.ks_statistic and p < t.ks_pvalue))
+            tail = tails[j]
+            if tail is not None:
+                key = keys[keep, ENTITIES.index(entities[j])]
+                out.append(self._tail(name, tail, column, key, window))
         return out
+
+    @staticmethod
+    def _window(start: float, now: float, keep: np.ndarray) -> dict[str, float]:
+        return {"window_start": start, "window_end": now, "n_rows": int(keep.sum())}
+
+    def _tail(self, name: str, tail: Tail, column: np.ndarray, keys: np.ndarray,
+              window: Mapping[str, float]) -> DriftDecision:
+        """How many times more cards (terminals, rows: whose value the feature is) than
+        expected have a row beyond the reference's extremes (the worse side), and how
+        unlikely that many are if nothing changed.
+
+        Each card or terminal counts once: a busy one's rows are not independent draws,
+        and one terminal paid at 11 times a day would otherwise look like 11 surprises.
+        The expected share is the reference's share of rows beyond the edge (never
+        below half the tail quantile).
+        """
+        t = self.thresholds
+        known = ~np.isnan(column)
+        column, keys = column[known], keys[known]
+        n_keys = len(np.unique(keys))
+        floor = self.profile.tail_quantile / 2
+        sides = []
+        for side, beyond, share in (("high", column > tail.high_edge, tail.high_share),
+                                    ("low", column < tail.low_edge, tail.low_share)):
+            count = len(np.unique(keys[beyond]))
+            expected = max(share, floor)
+            ratio = count / max(n_keys, 1) / expected
+            p_value = float(binom.sf(count - 1, n_keys, expected)) if count else 1.0
+            sides.append((ratio, side, count, expected, p_value))
+        ratio, side, count, expected, p_value = max(sides)
+        return self._decision("feature_tail", name, ratio, t.tail_ratio, window,
+                              {"side": side, "beyond": count, "in_window": n_keys,
+                               "expected_share": expected, "p_value": p_value,
+                               "p_value_threshold": t.tail_pvalue},
+                              exceeded=ratio > t.tail_ratio and p_value < t.tail_pvalue)
 
     def _concept(self, now: float) -> list[DriftDecision]:
         t = self.thresholds

@@ -201,6 +201,10 @@ class Recipe:
 DEFAULT_RECIPE = Recipe()
 
 
+WEIGHT_COLUMN = "SAMPLE_WEIGHT"
+"""Optional per-row weight of a training row in the loss (1 without the column)."""
+
+
 def _xy(frame: pd.DataFrame, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
     x = frame[list(recipe.features)].to_numpy(dtype=np.float32)
     return x, frame[TARGET_COLUMN].to_numpy(dtype=np.float32)
@@ -221,6 +225,7 @@ def _train_member(
     recipe: Recipe,
     seed: int,
     device: torch.device,
+    weights: np.ndarray | None = None,
 ) -> nn.Module:
     """Fit one member on all frauds and a seeded share of the genuine rows."""
     devices = [device] if device.type == "cuda" else []
@@ -228,7 +233,7 @@ def _train_member(
         # Dropout draws from the global generators; seeding them here keeps a
         # member's training repeatable without touching the caller's state.
         torch.manual_seed(seed)
-        return _fit_member(model, x, y, valid, recipe, seed, device)
+        return _fit_member(model, x, y, valid, recipe, seed, device, weights)
 
 
 def _fit_member(
@@ -239,11 +244,16 @@ def _fit_member(
     recipe: Recipe,
     seed: int,
     device: torch.device,
+    weights: np.ndarray | None = None,
 ) -> nn.Module:
     rng = np.random.default_rng(seed)
     keep = (y == 1) | (rng.random(len(y)) < recipe.genuine_fraction)
     features = torch.as_tensor(x[keep], device=device)
     labels = torch.as_tensor(y[keep], device=device).reshape(-1, 1)
+    weight = None
+    if weights is not None:
+        kept = np.asarray(weights, np.float32)[keep]
+        weight = torch.as_tensor(kept / kept.mean(), device=device).reshape(-1, 1)
     # Undersampling genuine rows multiplies the odds by 1 / fraction; this undoes it.
     offset = float(np.log(recipe.genuine_fraction))
     model.to(device)
@@ -258,7 +268,8 @@ def _fit_member(
             index = order[start : start + recipe.batch_size]
             optimiser.zero_grad(set_to_none=True)
             loss = nn.functional.binary_cross_entropy_with_logits(
-                model.logits(features[index]), labels[index]
+                model.logits(features[index]), labels[index],
+                weight=None if weight is None else weight[index],
             )
             loss.backward()
             optimiser.step()
@@ -287,7 +298,8 @@ def fit_fraud_model(
     Parameters
     ----------
     train_df
-        Labelled training rows with ``recipe.features`` and TX_FRAUD.
+        Labelled training rows with ``recipe.features`` and TX_FRAUD, and optionally
+        :data:`WEIGHT_COLUMN` (each row's weight in the loss).
     valid_df
         Labelled rows for early stopping (the validation loss), later than the
         training rows and disjoint from any assessment set.
@@ -310,6 +322,8 @@ def fit_fraud_model(
     """
     torch_device = pick_device(device)
     x, y = _xy(train_df, recipe)
+    weights = (train_df[WEIGHT_COLUMN].to_numpy(np.float32) if WEIGHT_COLUMN in train_df
+               else None)
     if not 0 < y.sum() < len(y):
         raise ValueError("the training rows need both frauds and genuine transactions")
     x_val, y_val = _xy(valid_df, recipe)
@@ -333,10 +347,33 @@ def fit_fraud_model(
             member.start_at_rate(float(fraud_rate / (fraud_rate + (1 - fraud_rate) * kept)))
             members.append(member)
     trained = [
-        _train_member(member, x, y, valid, recipe, seed + i, torch_device)
+        _train_member(member, x, y, valid, recipe, seed + i, torch_device, weights)
         for i, member in enumerate(members)
     ]
     return FraudEnsemble(trained).eval()
+
+
+def match_prior(model: FraudEnsemble, frame: pd.DataFrame, recipe: Recipe = DEFAULT_RECIPE
+                ) -> FraudEnsemble:
+    """Move each member's ``offset`` so that its mean probability on ``frame`` (labelled
+    rows drawn as the traffic is) equals their fraud rate: the prior correction of a
+    model trained on rows richer in frauds than the traffic (investigators' feedback),
+    which leaves its ranking as it is. In place; returns ``model``."""
+    x, y = _xy(frame, recipe)
+    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+    features = torch.as_tensor(x)
+    with torch.no_grad():
+        for member in model.members:
+            logits = member.logits(features).ravel().double()
+            low, high = -30.0, 30.0
+            for _ in range(60):
+                middle = (low + high) / 2
+                if float(torch.sigmoid(logits + middle).mean()) > rate:
+                    high = middle
+                else:
+                    low = middle
+            member.offset.fill_((low + high) / 2)
+    return model
 
 
 def predict(model: nn.Module, frame: pd.DataFrame, recipe: Recipe = DEFAULT_RECIPE) -> np.ndarray:

@@ -26,9 +26,18 @@ import torch
 from models.evaluation import assess
 from models.export import publish_version
 from models.extra_features import add_model_features
-from models.recipe import DEFAULT_RECIPE, BinnedMLP, FraudEnsemble, Recipe, fit_fraud_model, predict
+from models.recipe import (
+    DEFAULT_RECIPE,
+    BinnedMLP,
+    FraudEnsemble,
+    Recipe,
+    fit_fraud_model,
+    match_prior,
+    predict,
+)
 from models.reference_features import TARGET_COLUMN
 from models.registry import ModelVersion, Registry, Trigger, Window, write_text_atomic
+from models.simulator import SECONDS_PER_DAY
 from models.train import Device
 from models.triton_config import MODEL_NAME, ConfigError, read_model_config
 
@@ -147,6 +156,8 @@ def train_version(
     device: Device = "auto",
     end: str | pd.Timestamp | None = None,
     warm_start: bool = False,
+    feedback: pd.DataFrame | None = None,
+    feedback_share: float = 0.5,
 ) -> ModelVersion:
     """Train a model on ``frame``, publish it as the next version and register it.
 
@@ -168,6 +179,13 @@ def train_version(
         As for :func:`models.recipe.fit_fraud_model`.
     warm_start
         Start from the parent's weights (its recipe must shape the same network).
+    feedback, feedback_share
+        Rows labelled by investigators (the cards reviewed, days before their delayed
+        labels), trained on beside the training window, together carrying
+        ``feedback_share`` of the loss's weight. Dal Pozzolo et al. (2017) learn the
+        feedback and the delayed labels apart and average the two posteriors with
+        equal weight, since the few recent feedback labels say most about the newest
+        frauds; weighting the two sets alike in one model follows the same idea.
 
     Returns
     -------
@@ -196,8 +214,16 @@ def train_version(
     train, valid, train_window, valid_window = split_windows(
         frame, valid_days=valid_days, recipe=recipe, end=end
     )
+    fit_rows = train
+    with_verdicts = feedback is not None and len(feedback) > 0 and 0 < feedback_share < 1
+    if with_verdicts:
+        assert feedback is not None
+        fit_rows = with_feedback(train, feedback, feedback_share)
     started = time.perf_counter()
-    model = fit_fraud_model(train, valid, seed=seed, device=device, init=init, recipe=recipe)
+    model = fit_fraud_model(fit_rows, valid, seed=seed, device=device, init=init, recipe=recipe)
+    if with_verdicts:
+        # Reviewed cards are far richer in frauds than the traffic: back to its prior.
+        match_prior(model, valid, recipe)
     seconds = time.perf_counter() - started
     quality = assess(valid, predict(model, valid, recipe))
     metrics = {k: round(v, 6) for k, v in quality.as_dict().items()}
@@ -205,12 +231,19 @@ def train_version(
     try:
         publish_version(model, repo_dir, version)
         save_weights(model, weights_path(registry, version), recipe)
-        save_training_profile(registry.profile_path(version), train,
-                              predict(model, train, recipe), recipe)
+        # The features' reference is the training rows; the score's, the validation
+        # rows the model did not fit (its scores on its own rows are surer).
+        both = pd.concat([train, valid], ignore_index=True)
+        save_training_profile(registry.profile_path(version), both,
+                              predict(model, both, recipe), recipe,
+                              frame.attrs.get("history_start", _first_time(frame)),
+                              score_rows=np.arange(len(both)) >= len(train))
         entry = ModelVersion(
             version=version, parent=parent, trigger=trigger, window=train_window,
             recipe=recipe_dict(recipe),
-            metrics={**metrics, "k": 100, "window": asdict(valid_window)},
+            metrics={**metrics, "k": 100, "window": asdict(valid_window),
+                     "feedback_rows": len(feedback) if with_verdicts and feedback is not None
+                     else 0},
             warm_start=warm_start, train_seconds=round(seconds, 3),
             features=list(recipe.features),
         )
@@ -220,17 +253,50 @@ def train_version(
         raise
 
 
+FEEDBACK_COLUMN = "FEEDBACK"
+"""True on a row of :func:`frame_from_feature_log` whose label came from feedback."""
+
+
+def with_feedback(train: pd.DataFrame, feedback: pd.DataFrame, share: float) -> pd.DataFrame:
+    """``train`` and ``feedback`` in one frame whose :data:`~models.recipe.WEIGHT_COLUMN`
+    gives the feedback rows ``share`` of the total weight (each training row weighs 1)."""
+    from models.recipe import WEIGHT_COLUMN
+
+    weight = share / (1 - share) * len(train) / len(feedback)
+    return pd.concat([train.assign(**{WEIGHT_COLUMN: 1.0}),
+                      feedback.assign(**{WEIGHT_COLUMN: weight})], ignore_index=True)
+
+
+def _first_time(frame: pd.DataFrame) -> float:
+    return float(frame["TX_DATETIME"].min().timestamp())
+
+
 def save_training_profile(path: Path, rows: pd.DataFrame, scores: np.ndarray,
-                          recipe: Recipe) -> Path:
-    """The reference the drift monitors compare live rows with: histograms and a KS
-    sample of every feature (under its feature-log name) and of the score, over the
-    training rows. Written atomically to ``path``."""
-    from models.extra_features import SERVING_NAMES
+                          recipe: Recipe, history_start: float | None = None,
+                          score_rows: np.ndarray | None = None) -> Path:
+    """The reference the drift monitors compare live rows with: histograms, extremes and
+    a KS sample of every feature (under its feature-log name) and of the score, over the
+    training rows whose windows were complete (:func:`models.extra_features.warm_up_days`
+    after ``history_start``, the first event the features were computed from; by default
+    the earliest of ``rows``); the score's only over ``score_rows`` (a mask: the held-out
+    rows) when given. Written atomically to ``path``."""
+    from models.extra_features import (
+        SCORE_WARM_UP_DAYS,
+        SERVING_NAMES,
+        feature_entity,
+        warm_up_days,
+    )
     from models.monitors import ReferenceProfile
 
-    profile = ReferenceProfile.from_frame(rows[list(recipe.features)].to_numpy(np.float32),
-                                          [SERVING_NAMES[c] for c in recipe.features],
-                                          np.asarray(scores))
+    times = rows["TX_DATETIME"].to_numpy("datetime64[s]").astype(np.int64).astype(np.float64)
+    start = float(times.min()) if history_start is None else float(history_start)
+    profile = ReferenceProfile.from_frame(
+        rows[list(recipe.features)].to_numpy(np.float32),
+        [SERVING_NAMES[c] for c in recipe.features], np.asarray(scores),
+        event_times=times, history_start=start,
+        warm_up_s=[warm_up_days(c) * SECONDS_PER_DAY for c in recipe.features],
+        score_warm_up_s=SCORE_WARM_UP_DAYS * SECONDS_PER_DAY,
+        entities=[feature_entity(c) for c in recipe.features], score_rows=score_rows)
     return write_text_atomic(path, profile.to_json())
 
 
@@ -338,4 +404,11 @@ def frame_from_feature_log(
     frame["CUSTOMER_ID"] = joined["card_id"].to_numpy()
     frame["TERMINAL_ID"] = joined["terminal_id"].to_numpy()
     frame[TARGET_COLUMN] = joined["is_fraud"].to_numpy(dtype=np.int64)
-    return frame.sort_values("TX_DATETIME", kind="stable").reset_index(drop=True)
+    # Known only through an investigator's verdict so far (the delayed label is not).
+    frame[FEEDBACK_COLUMN] = (joined["feedback"].to_numpy(dtype=bool) if "feedback" in joined
+                              else np.zeros(len(joined), bool))
+    frame = frame.sort_values("TX_DATETIME", kind="stable").reset_index(drop=True)
+    # The stream's windows began with the log's first event: rows less than a window
+    # after it are in the warm-up, whatever their label (see save_training_profile).
+    frame.attrs["history_start"] = float(log["event_time"].min())
+    return frame

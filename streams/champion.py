@@ -120,7 +120,9 @@ class ChampionMonitor:
             mine = self._profile_from_first_day(mine)
         if len(mine) and self.monitor is not None:
             self.monitor.observe(mine[self.log_features].to_numpy(np.float32),
-                                 mine["score"].to_numpy(), mine["event_time"].to_numpy())
+                                 mine["score"].to_numpy(), mine["event_time"].to_numpy(),
+                                 *(mine[c].to_numpy() if c in mine else None
+                                   for c in ("card_id", "terminal_id")))
 
     def _profile_from_first_day(self, rows: pd.DataFrame) -> pd.DataFrame:
         """Collect rows until a day is logged; then profile it and return the rest."""

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", default=None, metavar="S,S,...",
                      help="one run a seed (a world each), then the figures' mean and spread, "
                           "e.g. --clock event --seeds 0,1,2")
+    run.add_argument("--scenarios", default=None, metavar="NAME,...|all",
+                     help="one run a scenario (and seed), then one table: card_testing, "
+                          "spending_shift, label_delay, night_spree, control (no drift)")
+    run.add_argument("--feedback", default="off", metavar="off|on|off,on",
+                     help="investigators review the riskiest cards each day and their "
+                          "labels come back that day (event clock); off,on with "
+                          "--scenarios runs both")
+    run.add_argument("--reviews-per-day", type=int, default=100,
+                     help="cards the investigators review a day (with --feedback)")
+    run.add_argument("--explore-share", type=float, default=0.1,
+                     help="share of the reviews spent on cards the model is unsure about "
+                          "or drawn at random (with --feedback)")
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
     commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
     commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
@@ -125,7 +138,32 @@ def main(argv: list[str] | None = None) -> int:
                             drift="none" if args.parquet else args.drift,
                             seconds_per_day=args.seconds_per_day, parquet=args.parquet,
                             first_model_end_day=args.first_model_days,
-                            compare_from_day=args.compare_from_day, clock=args.clock)
+                            compare_from_day=args.compare_from_day, clock=args.clock,
+                            explore_share=args.explore_share)
+            modes = [m.strip() for m in args.feedback.split(",") if m.strip()]
+            if not modes or set(modes) - {"off", "on"}:
+                parser.error("--feedback is off, on or off,on")
+            if "on" in modes and args.clock != "event":
+                parser.error("--feedback on needs --clock event")
+            if len(modes) > 1 and not args.scenarios:
+                parser.error("--feedback off,on needs --scenarios")
+            if modes == ["on"]:
+                loop = dataclasses.replace(loop, reviews_per_day=args.reviews_per_day)
+            if args.scenarios:
+                from streams.scenario_table import run_scenarios, scenario_names
+
+                if args.parquet:
+                    parser.error("--scenarios simulates its worlds: drop --parquet")
+                try:
+                    names = scenario_names(args.scenarios)
+                except ValueError as exc:
+                    parser.error(str(exc))
+                seeds = [int(s) for s in (args.seeds or "0").split(",") if s.strip()]
+                run_scenarios(loop, names, seeds, keep_up=args.keep_up,
+                              triton_repo=Settings.from_env().triton_repo,
+                              reviews=[args.reviews_per_day if m == "on" else 0
+                                       for m in modes])
+                return 0
             if args.seeds:
                 from streams.loop import run_seeds
 

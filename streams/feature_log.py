@@ -108,9 +108,11 @@ class FeatureLog:
         return written
 
 
-def read_feature_log(root: Path) -> pd.DataFrame:
-    """Every logged row, one a ``tx_id`` (repeats from redelivery dropped), by ``tx_id``."""
-    files = sorted(Path(root).glob("event_date=*/part-*.parquet"))
+def read_feature_log(root: Path, since_date: str | None = None) -> pd.DataFrame:
+    """Every logged row, one a ``tx_id`` (repeats from redelivery dropped), by ``tx_id``;
+    with ``since_date`` (``YYYY-MM-DD``), only the event dates from it on."""
+    files = sorted(f for f in Path(root).glob("event_date=*/part-*.parquet")
+                   if since_date is None or f.parent.name >= f"event_date={since_date}")
     if not files:
         return pd.DataFrame()
     frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
@@ -118,7 +120,7 @@ def read_feature_log(root: Path) -> pd.DataFrame:
 
 
 def wait_for_feature_log(root: Path, tx_ids: set[int], timeout_s: float = 60.0,
-                         poll_s: float = 0.5) -> pd.DataFrame:
+                         poll_s: float = 0.5, since_date: str | None = None) -> pd.DataFrame:
     """:func:`read_feature_log` once it holds every id of ``tx_ids``.
 
     A worker writes its feature-log rows at its checkpoint (every second by default), so
@@ -127,7 +129,7 @@ def wait_for_feature_log(root: Path, tx_ids: set[int], timeout_s: float = 60.0,
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        frame = read_feature_log(root)
+        frame = read_feature_log(root, since_date)
         held = set(frame["tx_id"].tolist()) if len(frame) else set()
         missing = len(tx_ids - held)
         if not missing:
@@ -145,6 +147,7 @@ def with_matured_labels(log: pd.DataFrame, labels: pd.DataFrame, as_of: float) -
     row whose label is not known yet is left out, so training and live quality only ever
     see labels that existed at ``as_of``.
     """
-    matured = labels.loc[labels["known_at"] <= as_of, ["tx_id", "is_fraud", "known_at"]]
+    columns = ["tx_id", "is_fraud", "known_at", *(["feedback"] if "feedback" in labels else [])]
+    matured = labels.loc[labels["known_at"] <= as_of, columns]
     matured = matured.drop_duplicates("tx_id")
     return log.merge(matured, on="tx_id", how="inner", validate="one_to_one")

@@ -30,7 +30,7 @@ from streams.job import TRITON_REPO, load_model, log, reset_online_store, stage_
 from streams.records import Score
 from streams.router import ModelRouter
 from streams.settings import Settings
-from streams.topics import LABELS, MODEL_EVENTS, SCORES
+from streams.topics import FEEDBACK, LABELS, MODEL_EVENTS, SCORES
 from streams.worker import WorkerProcess, replay_workers
 
 DAY = 86400.0
@@ -60,6 +60,11 @@ class LoopSize:
     # day is replayed, scored and acted on before the next, the same figures on any
     # machine for a seed.
     clock: str = "wall"
+    # Investigators (streams/investigators.py, event clock only): the cards reviewed a
+    # day, whose labels come back that day on the feedback topic (0: no feedback), and
+    # the share of them spent exploring.
+    reviews_per_day: int = 0
+    explore_share: float = 0.1
 
 
 def simulate_world(size: LoopSize) -> pd.DataFrame:
@@ -189,18 +194,23 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         retrainer = connect(config, settings, kafka=endpoints.kafka,
                             redis_url=endpoints.redis, triton_url=endpoints.triton,
                             labels_group=f"loop-{run_id}-retrainer",
-                            labels_start=labels_start)
+                            labels_start=labels_start,
+                            feedback_start=topic_end_offsets(endpoints.kafka, settings,
+                                                             FEEDBACK))
         live_from = frame["TX_DATETIME"].min().normalize() + pd.Timedelta(
             days=size.first_model_end_day)
         wanted = set(frame["TRANSACTION_ID"].tolist())
+        reviews: list[dict] = []
         began = time.monotonic()
         if size.clock == "event":
             log(f"replaying {len(frame):,} transactions and their labels a day at a time: "
                 "each day scored and acted on by the retrainer before the next")
-            received = _run_on_event_clock(
+            received, reviews = _run_on_event_clock(
                 frame, endpoints.kafka, settings, scores_start, workers, retrainer,
-                run_dir / "feature_log", live_from)
+                run_dir / "feature_log", live_from, size)
         else:
+            if size.reviews_per_day:
+                raise ValueError("investigator feedback runs on the event clock only")
             thread = threading.Thread(target=_retrain_when_live, daemon=True, args=(
                 retrainer, run_dir / "feature_log", live_from, stop))
             thread.start()
@@ -231,8 +241,13 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         frozen = score_onnx(triton_repo / "fraud_detector" / str(entry.version) / "model.onnx",
                             logged[names].to_numpy(np.float32))
         start_day = drift_start_day(size)
-        figures = loop_figures(evaluation, frozen, start_day, events)
-        plot_loop(evaluation, frozen, start_day, events, run_dir / "loop.png")
+        log("the label-delay oracle: a model retrained every day on the labels known then")
+        oracle = label_delay_oracle_scores(evaluation, frame, size, config.recipe, registry,
+                                           entry.version)
+        known = (size.parquet is None and size.drift != "none") or (
+            size.compare_from_day is not None)
+        figures = loop_figures(evaluation, frozen, start_day, events, oracle, known)
+        plot_loop(evaluation, frozen, start_day, events, run_dir / "loop.png", oracle, reviews)
         summary = {
             "run": run_id, "size": dataclasses.asdict(size), "first_version": entry.version,
             "transactions": len(frame), "scored": len({s.tx_id for s in scores}),
@@ -241,14 +256,19 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
             "events_per_s": round(len(frame) / wall, 1),
             "figures": figures.to_dict(),
             "stage_seconds": stage_seconds(workers),
+            "feedback": {"reviews_per_day": size.reviews_per_day,
+                         "explore_share": size.explore_share,
+                         "labels": sum(r["labels"] for r in reviews),
+                         "fraud_cards_found": sum(r["fraud_cards"] for r in reviews),
+                         "explored_fraud_cards": sum(r["explored_fraud_cards"]
+                                                     for r in reviews),
+                         "days": reviews},
             "registry": [dataclasses.asdict(v) for v in registry.list()],
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         (run_dir / "model-events.jsonl").write_text(
             "".join(json.dumps(e, default=str) + "\n" for e in events))
-        text = report_markdown(figures, known_drift=(size.parquet is None
-                                                     and size.drift != "none")
-                               or size.compare_from_day is not None)
+        text = report_markdown(figures, known_drift=known)
         text += (f"\nscored {summary['scored']:,} of {len(frame):,} transactions "
                  f"({summary['duplicates']} duplicates, {summary['skew_rows']} rows whose "
                  f"features differ from the batch reference) in {wall:.0f} s")
@@ -266,6 +286,27 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
             worker.stop()
         if not keep_up:
             stack.down([n for n in stack.services if n not in already])
+
+
+def label_delay_oracle_scores(evaluation: pd.DataFrame, world: pd.DataFrame, size: LoopSize,
+                              recipe, registry, first_version: int) -> np.ndarray:  # noqa: ANN001
+    """The oracle's scores (:mod:`models.oracle`) of the logged rows from the day the
+    first model went live: retrained every day, warm-started from the first model, with
+    the retrainer's recipe and the world's label delays."""
+    from models.drift import LABEL_DELAY_COLUMN
+    from models.extra_features import SERVING_NAMES
+    from models.oracle import label_delay_oracle
+    from models.trainer import load_weights, weights_path
+
+    rows = evaluation.rename(columns={v: k for k, v in SERVING_NAMES.items()})
+    if LABEL_DELAY_COLUMN in world.columns:
+        delays = world.set_index("TRANSACTION_ID")[LABEL_DELAY_COLUMN]
+        rows[LABEL_DELAY_COLUMN] = delays.reindex(rows["tx_id"]).to_numpy()
+    rows = rows.drop(columns=[c for c in ("TX_DATETIME",) if c in rows.columns])
+    first, _ = load_weights(weights_path(registry, first_version))
+    last_day = int(rows["TX_TIME_DAYS"].max())
+    return label_delay_oracle(rows, size.first_model_end_day, last_day + 1, recipe=recipe,
+                              valid_days=size.valid_days, init=first, daily_epochs=3)
 
 
 def run_seeds(size: LoopSize, seeds: list[int], *, settings: Settings | None = None,
@@ -320,6 +361,7 @@ class _ScoreReader:
                                   "enable.auto.commit": False})
         self.consumer.assign([TopicPartition(SCORES, p, o) for p, o in start.items()])
         self.values: list[bytes] = []
+        self.score: dict[int, float] = {}
 
     def read(self, timeout_s: float = 0.2) -> list[int]:
         """The transaction ids of the scores that arrived."""
@@ -328,8 +370,14 @@ class _ScoreReader:
             if message.error():
                 continue
             self.values.append(message.value())
-            ids.append(Score.parse(message.value()).tx_id)
+            score = Score.parse(message.value())
+            self.score[score.tx_id] = score.score
+            ids.append(score.tx_id)
         return ids
+
+    def scores_of(self, tx_ids: np.ndarray) -> np.ndarray:
+        """The scores read of ``tx_ids`` (each must have arrived)."""
+        return np.array([self.score[int(t)] for t in tx_ids], np.float64)
 
     def close(self) -> None:
         self.consumer.close()
@@ -338,13 +386,16 @@ class _ScoreReader:
 def _run_on_event_clock(frame: pd.DataFrame, kafka: str, settings: Settings,
                         scores_start: dict[int, int], workers: list[WorkerProcess],
                         retrainer, feature_log: Path,  # noqa: ANN001
-                        live_from: pd.Timestamp, stall_s: float = 1.0,
-                        timeout_s: float = 600.0) -> list:
+                        live_from: pd.Timestamp, size: LoopSize, stall_s: float = 0.3,
+                        timeout_s: float = 600.0) -> tuple[list, list[dict]]:
     """Replay ``frame`` a day at a time (:mod:`streams.step_replay`): each day is scored
-    and in the feature log, the retrainer has read every label sent and taken its step
-    (drift decisions, retraining, the gate, the swap) before the next day is sent."""
+    and in the feature log, investigators have reviewed its cards (with
+    ``size.reviews_per_day``), the retrainer has read every label sent and taken its
+    step (drift decisions, retraining, the gate, the swap) before the next day is sent.
+    Returns the scores and each day's review (day, cards, explored, frauds found)."""
     from streams.clients import Received
     from streams.feature_log import wait_for_feature_log
+    from streams.investigators import review_cards
     from streams.replay import Dataset
     from streams.step_replay import StepReplay
 
@@ -356,11 +407,17 @@ def _run_on_event_clock(frame: pd.DataFrame, kafka: str, settings: Settings,
     days = int((frame["TX_DATETIME"].max() - first) / pd.Timedelta(days=1)) + 1
     origin = first.timestamp()
     live = live_from.timestamp()
+    # The history before the first model went live goes in one step: nothing acts on it,
+    # and strict scoring gives its features whatever the step size.
+    live_day = max(1, min(days, int(round((live - origin) / DAY))))
     started = False
+    reviews: list[dict] = []
+    fraud = frame["TX_FRAUD"].to_numpy()
+    review_rng = np.random.default_rng([size.seed, 7])
     try:
-        for day in range(1, days + 1):
+        for day in range(live_day, days + 1):
             clock = origin + day * DAY
-            rows = stepper.send_before(clock, lookahead_s=3600) if day < days else np.arange(
+            rows = stepper.send_before(clock, lookahead_s=6 * 3600) if day < days else np.arange(
                 stepper.next_row, len(dataset))
             if day == days:
                 stepper.finish()
@@ -384,11 +441,20 @@ def _run_on_event_clock(frame: pd.DataFrame, kafka: str, settings: Settings,
                                        f"scored in {timeout_s:.0f} s")
             if clock <= live:
                 continue
-            wait_for_feature_log(feature_log, set(ids[rows].tolist()), timeout_s=120)
+            if len(rows):
+                wait_for_feature_log(feature_log, set(ids[rows].tolist()), timeout_s=120,
+                                     poll_s=0.1, since_date=str(frame["TX_DATETIME"].iloc[
+                                         rows[0]].date()))
             if not started:
                 log(f"the stream reached {live_from.date()}: the retrainer starts watching it")
                 retrainer.start()
                 started = True
+            if size.reviews_per_day and len(rows):
+                reviews.append(_review_day(reader, stepper, rows, fraud, clock, day, size,
+                                           review_rng, review_cards))
+                ends = topic_end_offsets(kafka, settings, FEEDBACK)
+                while not retrainer.feedback.reached(ends):
+                    retrainer.book.add(retrainer.feedback.poll(), feedback=True)
             ends = topic_end_offsets(kafka, settings, LABELS)
             while not retrainer.labels.reached(ends):
                 retrainer.book.add(retrainer.labels.poll())
@@ -401,7 +467,25 @@ def _run_on_event_clock(frame: pd.DataFrame, kafka: str, settings: Settings,
     finally:
         reader.close()
         stepper.client.flush(10)
-    return [Received(None, value, [], 0, 0) for value in reader.values]
+    return [Received(None, value, [], 0, 0) for value in reader.values], reviews
+
+
+def _review_day(reader: _ScoreReader, stepper, rows: np.ndarray,  # noqa: ANN001
+                fraud: np.ndarray, clock: float, day: int, size: LoopSize,
+                rng: np.random.Generator, review_cards) -> dict:  # noqa: ANN001
+    """The investigators' day: the cards to review among the day's scored rows, and
+    their transactions' true labels of the day sent as feedback, known at its end."""
+    ids = stepper.dataset.tx_id[rows]
+    by_id = reader.scores_of(ids)
+    cards = stepper.dataset.card_id[rows]
+    review = review_cards(cards, by_id, size.reviews_per_day, size.explore_share, rng)
+    reviewed = rows[np.isin(cards, review.cards)]
+    stepper.send_feedback(reviewed, clock)
+    fraud_cards = set(cards[np.isin(cards, review.cards) & (fraud[rows] == 1)].tolist())
+    explored = set(review.cards[review.explored].tolist())
+    return {"day": day - 1, "cards": len(review), "labels": len(reviewed),
+            "fraud_cards": len(fraud_cards), "explored": len(explored),
+            "explored_fraud_cards": len(fraud_cards & explored)}
 
 
 def _log_retrainer(path: Path) -> None:

@@ -144,8 +144,10 @@ class Dataset:
                        ',"amount":', self.amount[start:end], "}")
         return _binary(cards), values
 
-    def encode_labels(self, rows: np.ndarray) -> tuple[list[bytes], list[bytes]]:
-        """Keys (terminal id) and JSON label values of ``rows``."""
+    def encode_labels(self, rows: np.ndarray, known_at: np.ndarray | None = None
+                      ) -> tuple[list[bytes], list[bytes]]:
+        """Keys (terminal id) and JSON label values of ``rows``, known after their delay
+        (or at ``known_at``: an investigator's verdict)."""
         if self.is_fraud is None:
             raise DatasetError(f"column {LABEL_COLUMN!r} is missing: labels need it")
         terminals = _text(self.terminal_id[rows])
@@ -153,7 +155,8 @@ class Dataset:
         values = _join('{"v":1,"tx_id":', self.tx_id[rows], ',"card_id":', self.card_id[rows],
                        ',"terminal_id":', terminals, ',"event_time":', times,
                        ',"is_fraud":', self.is_fraud[rows],
-                       ',"known_at":', times + self.delay_s[rows], "}")
+                       ',"known_at":',
+                       times + self.delay_s[rows] if known_at is None else known_at, "}")
         return _binary(terminals), values
 
 

@@ -82,28 +82,38 @@ class FeatureLogTail:
 
 
 class LabelBook:
-    """Labels read so far; each matured label joins its logged row once."""
+    """Labels read so far; each matured label joins its logged row once.
+
+    A transaction can hold two labels: the one that arrives after the label delay, and
+    an investigator's verdict (``feedback``) the day its card was reviewed. Training
+    takes the earlier one known; the drift monitors only the delayed ones, an unbiased
+    sample (reviewed cards are the ones the model already ranked first).
+    """
 
     def __init__(self) -> None:
         self.frame = pd.DataFrame({
             "tx_id": pd.Series(dtype=np.int64), "is_fraud": pd.Series(dtype=np.int64),
             "known_at": pd.Series(dtype=np.float64), "fed": pd.Series(dtype=bool),
+            "feedback": pd.Series(dtype=bool),
         })
 
     def __len__(self) -> int:
         return len(self.frame)
 
-    def add(self, labels: Sequence[Label]) -> int:
-        """Keep new labels (a repeated ``tx_id`` keeps its first label); returns how many."""
+    def add(self, labels: Sequence[Label], feedback: bool = False) -> int:
+        """Keep new labels (a repeated ``tx_id`` keeps its first label of that source);
+        returns how many."""
         if not labels:
             return 0
         new = pd.DataFrame({
             "tx_id": np.array([label.tx_id for label in labels], np.int64),
             "is_fraud": np.array([label.is_fraud for label in labels], np.int64),
             "known_at": np.array([label.known_at for label in labels], np.float64),
-            "fed": np.zeros(len(labels), bool),
+            "fed": np.full(len(labels), feedback),  # the monitors never take feedback
+            "feedback": np.full(len(labels), feedback),
         }).drop_duplicates("tx_id")
-        new = new[~new["tx_id"].isin(self.frame["tx_id"])]
+        same = self.frame[self.frame["feedback"] == feedback]
+        new = new[~new["tx_id"].isin(same["tx_id"])]
         self.frame = (new.reset_index(drop=True) if self.frame.empty
                       else pd.concat([self.frame, new], ignore_index=True))
         return len(new)
@@ -120,8 +130,11 @@ class LabelBook:
         return joined
 
     def records(self) -> pd.DataFrame:
-        """``tx_id``, ``is_fraud``, ``known_at`` of every label (the trainer's input)."""
-        return self.frame[["tx_id", "is_fraud", "known_at"]]
+        """``tx_id``, ``is_fraud``, ``known_at``, ``feedback`` of every label (the
+        trainer's input), the delayed labels first: where both are known, the delayed
+        one counts (:func:`streams.feature_log.with_matured_labels` keeps the first)."""
+        return self.frame.sort_values("feedback", kind="stable")[
+            ["tx_id", "is_fraud", "known_at", "feedback"]]
 
     def prune(self, before: float) -> None:
         """Forget labels known before ``before`` (event time)."""

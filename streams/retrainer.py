@@ -33,7 +33,13 @@ from models.recipe import DEFAULT_RECIPE, Recipe
 from models.reference_features import TARGET_COLUMN
 from models.registry import Registry
 from models.simulator import SECONDS_PER_DAY
-from models.trainer import frame_from_feature_log, load_weights, train_version, weights_path
+from models.trainer import (
+    FEEDBACK_COLUMN,
+    frame_from_feature_log,
+    load_weights,
+    train_version,
+    weights_path,
+)
 from models.triton_config import MODEL_NAME
 from streams.champion import ChampionMonitor, choose_champion
 from streams.model_events import ModelEvents, RetrainerMetrics
@@ -59,6 +65,7 @@ from streams.swap import (
     SwapReport,
     compare_live,
 )
+from streams.topics import FEEDBACK
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,9 @@ class RetrainerConfig:
     retention_days: float = 90.0
     poll_s: float = 2.0
     seed: int = 0
+    # Investigators' verdicts (the feedback topic) weigh this share of a training's loss
+    # (models.trainer.train_version); they never enter the gate or the drift monitors.
+    feedback_share: float = 0.5
 
     @property
     def log_features(self) -> list[str]:
@@ -110,6 +120,7 @@ class StepReport:
     now: float | None = None
     rows: int = 0
     labels: int = 0
+    feedback: int = 0
     matured: int = 0
     decisions: int = 0
     detected: list[str] = field(default_factory=list)
@@ -141,13 +152,15 @@ class Retrainer:
                  load: Callable[[list[int]], None], ready: Callable[[], list[int]],
                  events: ModelEvents | None = None,
                  metrics: RetrainerMetrics | None = None,
-                 labels: LabelFeed | None = None) -> None:
+                 labels: LabelFeed | None = None,
+                 feedback: LabelFeed | None = None) -> None:
         self.config = config
         self.registry = registry
         self.metrics = metrics or RetrainerMetrics(
             drift_hold_seconds=config.thresholds.cooldown_seconds)
         self.events = events or ModelEvents(None, metrics=self.metrics)
         self.labels = labels
+        self.feedback = feedback
         self.swapper = ModelSwapper(load=load, ready=ready, router=router, registry=registry,
                                     events=self.events, shadow_stats=self.shadow_stats,
                                     config=config.swap, repo_dir=config.repo_dir)
@@ -210,6 +223,8 @@ class Retrainer:
         self.current.observe(rows)
         labels = self.labels.poll() if self.labels is not None else []
         report = StepReport(now=self.tail.now, rows=len(rows), labels=self.book.add(labels))
+        if self.feedback is not None:
+            report.feedback = self.book.add(self.feedback.poll(), feedback=True)
         now = report.now
         if now is None:
             return report
@@ -274,13 +289,18 @@ class Retrainer:
             clock = time.monotonic()
             frame = frame_from_feature_log(self.config.feature_log, self.book.records(),
                                            as_of=now, recipe=self.config.recipe)
+            # Investigators' labels train beside the window; the gate judges the
+            # delayed labels only (reviewed cards are no sample of the traffic).
+            from_feedback = frame[FEEDBACK_COLUMN].to_numpy(bool)
+            feedback, frame = frame[from_feedback], frame[~from_feedback]
             times = frame["TX_DATETIME"].to_numpy("datetime64[s]").astype(np.int64)
             split = gate_split(times, self.config.gate_days)
             entry = train_version(
                 frame, registry=self.registry, repo_dir=self.config.repo_dir,
                 trigger=trigger.kind, parent=parent, valid_days=self.config.valid_days,
                 recipe=self.config.recipe, seed=self.config.seed, device="cpu",
-                end=pd.Timestamp(split.start, unit="s"), warm_start=warm)
+                end=pd.Timestamp(split.start, unit="s"), warm_start=warm,
+                feedback=feedback, feedback_share=self.config.feedback_share)
             train_seconds = time.monotonic() - clock
             self.metrics.seconds.labels(stage="train").set(train_seconds)
             return self.challenge(entry.version, self.gate_window(frame, split),
@@ -403,7 +423,8 @@ class Retrainer:
 def connect(config: RetrainerConfig, settings: Settings, *, kafka: str, redis_url: str,
             triton_url: str, labels_group: str = "factory-retrainer",
             labels_start: dict[int, int] | None = None,
-            metrics: RetrainerMetrics | None = None) -> Retrainer:
+            metrics: RetrainerMetrics | None = None,
+            feedback_start: dict[int, int] | None = None) -> Retrainer:
     """A retrainer on real services: Kafka (labels, model-events), the router in Redis,
     Triton (``triton_url``: one endpoint, or several comma-separated, each loaded and
     unloaded alike), and the registry of the settings."""
@@ -415,4 +436,6 @@ def connect(config: RetrainerConfig, settings: Settings, *, kafka: str, redis_ur
         router=ModelRouter(redis_url), load=triton_loader(triton_url, config.repo_dir),
         ready=lambda: triton_ready_versions(triton_url),
         events=ModelEvents(kafka, settings, metrics), metrics=metrics,
-        labels=LabelFeed(kafka, settings, labels_group, start=labels_start))
+        labels=LabelFeed(kafka, settings, labels_group, start=labels_start),
+        feedback=LabelFeed(kafka, settings, f"{labels_group}-feedback", start=feedback_start,
+                           topic=FEEDBACK))

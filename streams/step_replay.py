@@ -19,7 +19,7 @@ import numpy as np
 
 from streams.replay import Dataset, LabelSchedule
 from streams.settings import Settings
-from streams.topics import LABELS, TRANSACTIONS
+from streams.topics import FEEDBACK, LABELS, TRANSACTIONS
 
 
 class StepReplay:
@@ -76,6 +76,16 @@ class StepReplay:
                                                 self.next_row))
         self._flush()
         return rows
+
+    def send_feedback(self, rows: np.ndarray, known_at: float) -> int:
+        """Investigators' verdicts: the labels of ``rows`` on the ``feedback`` topic,
+        known at ``known_at``; how many went."""
+        if not len(rows):
+            return 0
+        keys, values = self.dataset.encode_labels(rows, np.full(len(rows), float(known_at)))
+        self._send(FEEDBACK, keys, values)
+        self._flush()
+        return len(rows)
 
     def send_more_labels(self, count: int) -> int:
         """The next ``count`` labels of transactions already sent; how many went."""

@@ -152,7 +152,9 @@ def compare_live(tail: FeatureLogTail, book: LabelBook, new: int, old_onnx: Path
     """The promoted version ``new`` against its predecessor on the rows ``new`` scored
     live whose labels are known by ``now``: the logged scores against the old graph's
     scores of the logged features. ``None`` until ``min_rows`` such rows exist."""
-    labels = book.frame[book.frame["known_at"] <= now]
+    # The delayed labels only: investigators' feedback covers the cards the new model
+    # itself ranked first, no fair sample for judging it against the old one.
+    labels = book.frame[(book.frame["known_at"] <= now) & ~book.frame["feedback"]]
     live = tail.index[tail.index["model_version"] == new].merge(labels, on="tx_id")
     if len(live) < min_rows:
         return None

@@ -11,6 +11,9 @@ TRANSACTIONS_DLQ = "transactions-dlq"
 SCORES = "scores"
 LABELS = "labels"
 MODEL_EVENTS = "model-events"
+FEEDBACK = "feedback"
+"""Investigators' verdicts: the true labels of the transactions of the cards they
+reviewed, the day they reviewed them (the label record's format)."""
 
 
 def topic_partitions(partitions: int) -> dict[str, int]:
@@ -21,6 +24,7 @@ def topic_partitions(partitions: int) -> dict[str, int]:
         SCORES: partitions,
         LABELS: partitions,
         MODEL_EVENTS: 1,
+        FEEDBACK: 1,
     }
 
 

@@ -29,13 +29,20 @@ from typing import Any, NamedTuple
 from infra.local.base import PrerequisiteError, ServiceError
 from infra.local.tls import TlsFiles, ensure_tls
 from streams.settings import Secret
-from streams.topics import LABELS, MODEL_EVENTS, SCORES, TRANSACTIONS, TRANSACTIONS_DLQ
+from streams.topics import (
+    FEEDBACK,
+    LABELS,
+    MODEL_EVENTS,
+    SCORES,
+    TRANSACTIONS,
+    TRANSACTIONS_DLQ,
+)
 
 MECHANISM = "SCRAM-SHA-512"
 ITERATIONS = 8192
 ADMIN_USER = "admin"
 
-FACTORY_TOPICS = (TRANSACTIONS, LABELS, SCORES, TRANSACTIONS_DLQ, MODEL_EVENTS)
+FACTORY_TOPICS = (TRANSACTIONS, LABELS, SCORES, TRANSACTIONS_DLQ, MODEL_EVENTS, FEEDBACK)
 APP_PREFIXES = ("fraud-factory", "factory-", "loop-")
 """Names the factory's consumer groups begin with (the workers' ``--app-id``:
 ``fraud-factory``, ``fraud-factory-labels``, a run's ``loop-<id>`` and ``factory-<id>``,

@@ -141,7 +141,7 @@ def test_custom_resources_validate_against_their_fields(overlay: str) -> None:
     custom = [o for o in build(overlay) if o["apiVersion"] not in CORE_GROUPS]
     strimzi = [o for o in custom if o["apiVersion"].startswith("kafka.strimzi.io/")]
     others = [o for o in custom if o not in strimzi]
-    assert len(strimzi) == 9 and len(others) == 7
+    assert len(strimzi) == 10 and len(others) == 7
     for obj in strimzi:
         validate_strimzi(obj)
     for obj in others:

@@ -12,6 +12,7 @@ from models.drift import (
     CARD_TESTING_SCENARIO,
     DEFAULT_LABEL_DELAY_DAYS,
     LABEL_DELAY_COLUMN,
+    NIGHT_SPREE_SCENARIO,
     DriftSpec,
     apply_drift,
     label_delays,
@@ -26,6 +27,7 @@ ALL_KINDS = [
     DriftSpec("spending_shift", START, intensity=0.5, factor=2.0, frequency=1.5),
     DriftSpec("spending_shift", START, intensity=0.5, factor=0.5, frequency=0.5),
     DriftSpec("label_delay", START, delay_days=14, delay_spread_days=3),
+    DriftSpec("night_spree", START, duration_days=10, intensity=3),
 ]
 
 
@@ -93,6 +95,85 @@ def test_card_testing_adds_small_bursts_in_the_window(small_transactions: pd.Dat
         check_exact=True,
     )
     assert (out["TX_DATETIME"] - pd.to_timedelta(out["TX_TIME_SECONDS"], unit="s")).nunique() == 1
+
+
+def test_night_spree_adds_night_frauds_in_the_window(small_transactions: pd.DataFrame) -> None:
+    df = small_transactions
+    spec = DriftSpec("night_spree", START, duration_days=10, intensity=4, spree_size=(3, 8))
+    out = apply_drift(df, [spec], seed=0)
+    new = out[out["TX_FRAUD_SCENARIO"] == NIGHT_SPREE_SCENARIO]
+    assert (df["TX_FRAUD_SCENARIO"] != NIGHT_SPREE_SCENARIO).all()
+    assert len(out) == len(df) + len(new)
+    assert new["TX_FRAUD"].eq(1).all()
+    assert set(new["TX_TIME_DAYS"]) == set(range(START, START + 10))
+    assert new["TX_TIME_DAYS"].eq(new["TX_TIME_SECONDS"] // 86400).all()
+    # Strictly inside the night: 00:00:00..05:59:59 of the row's own day.
+    assert (new["TX_TIME_SECONDS"] % 86400 < 6 * 3600).all()
+    assert (new["TX_DATETIME"].dt.hour < 6).all()
+    origin = (out["TX_DATETIME"] - pd.to_timedelta(out["TX_TIME_SECONDS"], unit="s")).unique()
+    assert len(origin) == 1
+    assert ((new["TX_DATETIME"].dt.normalize() - origin[0]).dt.days == new["TX_TIME_DAYS"]).all()
+    sprees = new.groupby(["TX_TIME_DAYS", "CUSTOMER_ID"]).size()
+    assert (sprees.groupby(level=0).size() == 4).all()  # 4 distinct cards a day
+    assert sprees.between(3, 8).all()
+    # Amounts: 0.5x to 2x the card's mean genuine amount before the start, below 220.
+    assert (new["TX_AMOUNT"] < 220).all() and (new["TX_AMOUNT"] > 0).all()
+    assert np.allclose(new["TX_AMOUNT"], new["TX_AMOUNT"].round(2))
+    history = df[(df["TX_TIME_DAYS"] < START) & (df["TX_FRAUD"] == 0)]
+    usual = history.groupby("CUSTOMER_ID")["TX_AMOUNT"].mean()
+    ratio = new["TX_AMOUNT"].to_numpy() / usual[new["CUSTOMER_ID"]].to_numpy()
+    capped = new["TX_AMOUNT"].to_numpy() == 219.99
+    assert ((ratio >= 0.5 - 1e-3) & ((ratio <= 2.0 + 1e-3) | capped)).all()
+    # Terminals come from all terminals, not only the card's own.
+    used = df.groupby("CUSTOMER_ID")["TERMINAL_ID"].agg(set)
+    assert new["TERMINAL_ID"].isin(df["TERMINAL_ID"]).all()
+    foreign = [t not in used[c] for c, t in zip(new["CUSTOMER_ID"], new["TERMINAL_ID"],
+                                                 strict=True)]
+    assert np.mean(foreign) > 0.9
+    # Existing rows are untouched (same values in the same relative order).
+    old = out[out["TX_FRAUD_SCENARIO"] != NIGHT_SPREE_SCENARIO].drop(columns="TRANSACTION_ID")
+    pd.testing.assert_frame_equal(
+        old.reset_index(drop=True), df.drop(columns="TRANSACTION_ID").reset_index(drop=True),
+        check_exact=True,
+    )
+
+
+def test_night_spree_caps_amounts_below_scenario_1(small_transactions: pd.DataFrame) -> None:
+    rich = small_transactions.assign(TX_AMOUNT=small_transactions["TX_AMOUNT"] * 10)
+    out = apply_drift(rich, [DriftSpec("night_spree", START, duration_days=5)], seed=0)
+    new = out[out["TX_FRAUD_SCENARIO"] == NIGHT_SPREE_SCENARIO]
+    assert (new["TX_AMOUNT"] == 219.99).any()
+    assert (new["TX_AMOUNT"] < 220).all()
+    assert (new.groupby("TX_TIME_DAYS")["CUSTOMER_ID"].nunique() == 5).all()  # default
+
+
+def test_night_spree_takes_distinct_cards_a_day(small_transactions: pd.DataFrame) -> None:
+    df = small_transactions
+    spec = DriftSpec("night_spree", START, duration_days=3, intensity=150)
+    new = apply_drift(df, [spec], seed=2).query(f"TX_FRAUD_SCENARIO == {NIGHT_SPREE_SCENARIO}")
+    assert (new.groupby("TX_TIME_DAYS")["CUSTOMER_ID"].nunique() == 150).all()
+    everyone = DriftSpec("night_spree", START, duration_days=3, intensity=10_000)
+    new = apply_drift(df, [everyone], seed=2).query(f"TX_FRAUD_SCENARIO == {NIGHT_SPREE_SCENARIO}")
+    with_history = df.loc[(df["TX_TIME_DAYS"] < START) & (df["TX_FRAUD"] == 0), "CUSTOMER_ID"]
+    for _, cards in new.groupby("TX_TIME_DAYS")["CUSTOMER_ID"]:
+        assert set(cards) == set(with_history)
+
+
+def test_night_spree_is_deterministic_for_a_seed(small_transactions: pd.DataFrame) -> None:
+    spec = DriftSpec.parse("night_spree:start=30,days=10,intensity=5")
+    first = apply_drift(small_transactions, [spec], seed=11)
+    again = apply_drift(small_transactions, [spec], seed=11)
+    other = apply_drift(small_transactions, [spec], seed=12)
+    pd.testing.assert_frame_equal(first, again, check_exact=True)
+    assert not first.equals(other)
+    pd.testing.assert_frame_equal(
+        _before(other, START), _before(small_transactions, START), check_exact=True
+    )
+
+
+def test_night_spree_needs_history_before_the_start(small_transactions: pd.DataFrame) -> None:
+    with pytest.raises(ValueError, match="no card has a genuine transaction"):
+        apply_drift(small_transactions, [DriftSpec("night_spree", 0)], seed=0)
 
 
 def test_spending_shift_moves_affected_mean_by_the_factor(
@@ -173,6 +254,14 @@ def test_parse_spec() -> None:
     spec = DriftSpec.parse("card_testing:start=60,days=30,intensity=5,burst_size=5-20")
     assert spec == DriftSpec("card_testing", 60, 30, 5.0, burst_size=(5, 20))
     assert DriftSpec.parse("label_delay:start=3").level == 1.0
+    spree = DriftSpec.parse("night_spree:start=42,days=42,intensity=5,spree_size=2-6")
+    assert spree == DriftSpec("night_spree", 42, 42, 5.0, spree_size=(2, 6))
+    assert DriftSpec.parse("night_spree:start=42").level == 5.0
+    assert DriftSpec.parse("night_spree:start=1").spree_size == (3, 8)
+    with pytest.raises(ValueError, match="spree_size"):
+        DriftSpec("night_spree", 1, spree_size=(5, 2))
+    with pytest.raises(ValueError, match="spree_size"):
+        DriftSpec.parse("night_spree:start=1,spree_size=0-3")
     with pytest.raises(ValueError, match="unknown drift kind"):
         DriftSpec.parse("nope:start=1")
     with pytest.raises(ValueError, match="bogus"):

@@ -103,7 +103,7 @@ def test_profile_round_trips_through_json(profile: ReferenceProfile) -> None:
     for mine, theirs in zip(profile.samples, again.samples, strict=True):
         assert len(mine) == 2000 and theirs.dtype == np.float32
         np.testing.assert_array_equal(mine, theirs)
-    assert json.loads(text)["v"] == 1 and len(text) < 200_000
+    assert json.loads(text)["v"] == 2 and len(text) < 200_000
 
 
 def test_profile_sample_is_seeded() -> None:
@@ -176,14 +176,18 @@ def test_feature_drift_flags_only_the_shifted_feature(profile: ReferenceProfile)
     monitor = _monitor(profile, debounce=1)
     _feed_hour(monitor, 0, shift=1.0, seed=10)
     decisions = monitor.evaluate(HOUR)
-    assert {d.monitor for d in decisions} == {"feature_psi", "feature_ks", "score_psi"}
+    assert {d.monitor for d in decisions} == {"feature_psi", "feature_ks", "feature_tail",
+                                              "score_psi"}
     psi_amount = _by_key(decisions, "feature_psi", "amount")
     ks_amount = _by_key(decisions, "feature_ks", "amount")
     assert psi_amount.detected and psi_amount.statistic > 0.5
     assert ks_amount.detected and ks_amount.details["p_value"] < 1e-10
+    tail_amount = _by_key(decisions, "feature_tail", "amount")
+    assert tail_amount.detected and tail_amount.details["side"] == "high"
     for name in ("count", "risk"):
         assert not _by_key(decisions, "feature_psi", name).exceeded
         assert not _by_key(decisions, "feature_ks", name).exceeded
+        assert not _by_key(decisions, "feature_tail", name).exceeded
     assert not _by_key(decisions, "score_psi").exceeded
     assert psi_amount.n_rows == 2000 and psi_amount.window_end == HOUR
 
@@ -298,7 +302,7 @@ def test_records_are_json_and_metrics_follow_decisions(profile: ReferenceProfile
     assert all(r["v"] == 1 and r["model_version"] == 3 for r in records)
     detected = [r for r in records if r["event"] == "drift_detected"]
     assert {(r["monitor"], r["feature"]) for r in detected} == {
-        ("feature_psi", "amount"), ("feature_ks", "amount")}
+        ("feature_psi", "amount"), ("feature_ks", "amount"), ("feature_tail", "amount")}
 
     registry = CollectorRegistry()
     metrics = DriftMetrics(registry)
@@ -312,3 +316,117 @@ def test_records_are_json_and_metrics_follow_decisions(profile: ReferenceProfile
     assert value("factory_drift_detected", {"monitor": "page_hinkley"}) == 0
     metrics.update([])
     assert value("factory_drift_detected", {"monitor": "feature_psi"}) == 0
+
+
+def _warming(n: int, seed: int, days: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows over ``days`` days whose ``count`` is a 30-day window filling from day 0:
+    it grows for 30 days, then stays put."""
+    rng = np.random.default_rng(seed)
+    times = np.sort(rng.uniform(0.0, days * DAY, n))
+    features = _features(n, seed)
+    features[:, 1] = rng.poisson(2.0 * np.minimum(times / (30 * DAY), 1.0) * 30)
+    return features, times
+
+
+def _profile_of(features: np.ndarray, times: np.ndarray, *, warm: bool) -> ReferenceProfile:
+    scores = np.random.default_rng(1).beta(0.2, 20.0, len(features))
+    if not warm:
+        return ReferenceProfile.from_frame(features, NAMES, scores)
+    return ReferenceProfile.from_frame(features, NAMES, scores, event_times=times,
+                                       history_start=0.0, warm_up_s=(0.0, 30 * DAY, 0.0))
+
+
+def _day_decisions(profile: ReferenceProfile, features: np.ndarray, times: np.ndarray,
+                   day: int) -> list[DriftDecision]:
+    monitor = _monitor(profile, debounce=1, window_seconds=DAY)
+    rows = (times >= day * DAY) & (times < (day + 1) * DAY)
+    monitor.observe(features[rows], np.full(int(rows.sum()), 0.01), times[rows])
+    return monitor.evaluate((day + 1) * DAY - 1)
+
+
+def test_a_window_still_filling_raises_no_alarm_once_the_profile_skips_its_warm_up() -> None:
+    """Trained on days 0-40 of a stream that started on day 0, the 30-day count grows
+    for 30 days: a profile over every row calls a steady day 45 a shift, one over the
+    complete rows does not; live rows of the warm-up are skipped too."""
+    features, times = _warming(80_000, seed=3, days=40)
+    later, later_times = _warming(100_000, seed=4, days=50)
+    naive = _by_key(_day_decisions(_profile_of(features, times, warm=False), later,
+                                   later_times, 45), "feature_psi", "count")
+    assert naive.exceeded
+    profile = _profile_of(features, times, warm=True)
+    assert profile.complete_from(1) == 30 * DAY and profile.complete_from(0) == 0.0
+    steady = _day_decisions(profile, later, later_times, 45)
+    assert not _by_key(steady, "feature_psi", "count").exceeded
+    assert not _by_key(steady, "feature_tail", "count").exceeded
+    # A day of the warm-up is no evidence either way: the count is not judged on it.
+    early = _day_decisions(profile, later, later_times, 10)
+    assert {d.feature for d in early if d.monitor == "feature_psi"} == {"amount", "risk"}
+
+
+def test_a_feature_without_enough_complete_rows_is_not_profiled_and_not_judged() -> None:
+    features, times = _warming(40_000, seed=3, days=31)
+    profile = ReferenceProfile.from_frame(
+        features, NAMES, np.full(len(features), 0.01), event_times=times, history_start=0.0,
+        warm_up_s=(0.0, 30.9 * DAY, 0.0), score_warm_up_s=31 * DAY, min_complete_rows=1000)
+    assert profile.unprofiled == ["count", "score"]
+    again = ReferenceProfile.from_json(profile.to_json())
+    assert again.unprofiled == ["count", "score"] and again.complete_from(1) == 30.9 * DAY
+    later, later_times = _warming(50_000, seed=4, days=40)
+    decisions = _day_decisions(again, later, later_times, 35)
+    assert {d.feature for d in decisions} == {"amount", "risk"}
+
+
+def test_the_tail_monitor_flags_a_new_cluster_beyond_the_reference_extremes(
+        profile: ReferenceProfile) -> None:
+    """1 % of a day's rows with a count far beyond any seen (a card tested 30 times)
+    move no decile of the count, yet the tail monitor calls it; a steady day does not."""
+    steady = _monitor(profile, debounce=1)
+    _feed_hour(steady, 0, shift=0.0, seed=20)
+    assert not _by_key(steady.evaluate(HOUR), "feature_tail", "count").exceeded
+    burst = _monitor(profile, debounce=1)
+    features = _features(2000, seed=21)
+    features[:20, 1] = np.arange(20, 40)
+    burst.observe(features, np.full(2000, 0.01), np.linspace(1.0, HOUR - 1.0, 2000))
+    decisions = burst.evaluate(HOUR)
+    tail = _by_key(decisions, "feature_tail", "count")
+    assert tail.detected and tail.details["beyond"] >= 20 and tail.details["p_value"] < 1e-6
+    assert not _by_key(decisions, "feature_psi", "count").exceeded
+
+
+def test_the_tail_monitor_counts_a_busy_card_once(profile: ReferenceProfile) -> None:
+    """Twenty rows beyond the extremes from one card are one surprise, not twenty; from
+    twenty cards they are a new cluster."""
+    def tail_of(cards: np.ndarray) -> DriftDecision:
+        monitor = _monitor(profile, debounce=1)
+        features = _features(2000, seed=21)
+        features[:20, 1] = np.arange(20, 40)
+        monitor.observe(features, np.full(2000, 0.01), np.linspace(1.0, HOUR - 1.0, 2000),
+                        cards)
+        return _by_key(monitor.evaluate(HOUR), "feature_tail", "count")
+
+    one_card = np.arange(2000)
+    one_card[:20] = 7
+    busy = tail_of(one_card)
+    assert not busy.exceeded and busy.details["beyond"] < 5
+    assert tail_of(np.arange(2000)).detected
+
+
+def test_a_terminal_feature_counts_a_busy_terminal_once() -> None:
+    """Twenty cards paying at one busy terminal put twenty rows of its 7-day count beyond
+    the extremes: one terminal, not a new cluster."""
+    features = _features(20_000, seed=0)
+    profile = ReferenceProfile.from_frame(features, NAMES, np.full(20_000, 0.01),
+                                          entities=("transaction", "terminal", "terminal"))
+
+    def tail_of(terminals: np.ndarray) -> DriftDecision:
+        monitor = _monitor(profile, debounce=1)
+        rows = _features(2000, seed=21)
+        rows[:20, 1] = np.arange(20, 40)
+        monitor.observe(rows, np.full(2000, 0.01), np.linspace(1.0, HOUR - 1.0, 2000),
+                        np.arange(2000), terminals)
+        return _by_key(monitor.evaluate(HOUR), "feature_tail", "count")
+
+    one_terminal = np.arange(2000)
+    one_terminal[:20] = 3
+    assert not tail_of(one_terminal).exceeded
+    assert tail_of(np.arange(2000)).detected

@@ -12,10 +12,12 @@ from sklearn.metrics import average_precision_score
 from models.export import export_onnx
 from models.extra_features import MODEL_FEATURE_COLUMNS, add_model_features
 from models.recipe import (
+    WEIGHT_COLUMN,
     BinnedMLP,
     FraudEnsemble,
     Recipe,
     fit_fraud_model,
+    match_prior,
     predict,
     training_window,
 )
@@ -110,3 +112,35 @@ def test_exports_to_onnx_with_the_same_scores(
 def test_binned_mlp_rejects_a_wrong_width() -> None:
     with pytest.raises(ValueError, match="expected features"):
         BinnedMLP(4).fit_encoding(np.zeros((10, 3)))
+
+
+def test_row_weights_decide_what_the_model_learns(split: tuple[pd.DataFrame, ...]) -> None:
+    """Half the training rows get their label flipped; weighted to nothing, the flips
+    cost no quality, weighted alike they do: the weights reach the loss."""
+    train, valid, test = split
+    noisy = train.copy()
+    flipped = np.random.default_rng(3).random(len(noisy)) < 0.5
+    noisy.loc[flipped, "TX_FRAUD"] = 1 - noisy.loc[flipped, "TX_FRAUD"]
+    y = test["TX_FRAUD"]
+    alike = fit_fraud_model(noisy, valid, seed=7, device="cpu", recipe=FAST)
+    weighted = fit_fraud_model(noisy.assign(**{WEIGHT_COLUMN: np.where(flipped, 0.0, 1.0)}),
+                               valid, seed=7, device="cpu", recipe=FAST)
+    assert (average_precision_score(y, predict(weighted, test, FAST))
+            > average_precision_score(y, predict(alike, test, FAST)) + 0.1)
+
+
+def test_matching_the_prior_moves_the_mean_score_not_the_ranking(
+        split: tuple[pd.DataFrame, ...], model: FraudEnsemble) -> None:
+    import copy
+
+    _, valid, test = split
+    richer = copy.deepcopy(model)
+    for member in richer.members:
+        member.offset.add_(2.0)  # as if trained on rows far richer in frauds
+    before = predict(richer, valid, FAST)
+    assert before.mean() > 2 * valid["TX_FRAUD"].mean()
+    match_prior(richer, valid, FAST)
+    after = predict(richer, valid, FAST)
+    assert abs(after.mean() - valid["TX_FRAUD"].mean()) < 1e-4
+    ap = average_precision_score(test["TX_FRAUD"], predict(model, test, FAST))
+    assert abs(average_precision_score(test["TX_FRAUD"], predict(richer, test, FAST)) - ap) < 0.01

@@ -78,14 +78,15 @@ WALL_CLOCK_FIGURES = ("cycle_seconds", "promotions", "serving_versions")
 def test_on_the_event_clock_the_same_run_gives_the_same_figures(tmp_path: Path) -> None:
     """``factory run --clock event``: each day is scored and acted on before the next,
     so two runs of one world agree on every quality figure, every drift decision and
-    every promotion's event time, whatever the machine's speed."""
+    every promotion's event time, whatever the machine's speed; with investigators'
+    feedback too."""
     repo = tmp_path / "triton_repo"
     (repo / "fraud_detector").mkdir(parents=True)
     shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
                     repo / "fraud_detector" / "config.pbtxt")
     size = LoopSize(customers=150, terminals=300, days=42, first_model_end_day=21,
                     drift="card_testing:start=28,days=14,intensity=10", retrain_epochs=3,
-                    clock="event")
+                    clock="event", reviews_per_day=20)
     runs, timelines = [], []
     for n in range(2):
         settings = dataclasses.replace(Settings(), state_dir=tmp_path / f"state-{n}",
@@ -93,6 +94,13 @@ def test_on_the_event_clock_the_same_run_gives_the_same_figures(tmp_path: Path) 
         summary = run_loop(size, settings=settings, triton_repo=repo)
         assert summary["scored"] == summary["transactions"] > 5_000
         assert summary["duplicates"] == 0 and summary["skew_rows"] == 0
+        # Investigators reviewed 20 cards a day and the retrainer trained on their
+        # verdicts beside the delayed labels.
+        feedback = summary["feedback"]
+        assert feedback["labels"] > 0 and feedback["fraud_cards_found"] > 0
+        assert all(day["cards"] == 20 for day in feedback["days"])
+        assert any(v["metrics"].get("feedback_rows", 0) > 0 for v in summary["registry"]
+                   if v["trigger"] != "initial")
         runs.append(summary)
         run_dir = settings.state_dir / "runs" / f"loop-{summary['run']}"
         events = [json.loads(line) for line in

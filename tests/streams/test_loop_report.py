@@ -90,3 +90,39 @@ def test_the_comparison_starts_at_the_drift_or_where_the_first_model_went_live()
     assert drift_start_day(LoopSize(drift="none", first_model_end_day=35)) == 35
     assert drift_start_day(LoopSize(parquet="history.parquet", first_model_end_day=30)) == 30
     assert drift_start_day(LoopSize(drift="none", compare_from_day=50)) == 50
+
+
+def test_detections_before_the_drift_are_false_alarms_and_the_first_after_is_timed() -> None:
+    logged, labels, frozen = synthetic_run()
+    frame = evaluation_frame(logged, labels)
+    day0 = float(logged["event_time"].min() // DAY) * DAY
+
+    def detected(day: float, monitor: str = "feature_tail") -> dict:
+        return {"event": "drift_detected", "monitor": monitor, "feature": "f",
+                "evaluated_at": day0 + day * DAY, "window_end": day0 + (day - 7) * DAY}
+
+    events = [detected(12.0), detected(13.5), detected(17.25, "page_hinkley"), detected(18)]
+    figures = loop_figures(frame, frozen, drift_start_day=15, events=events)
+    assert figures.false_alarms == 2
+    assert figures.first_detection_days == 2.25
+    assert figures.first_detection_monitor == "page_hinkley:f"
+    assert "2.2 days after the drift started" in report_markdown(figures)
+    # Without a drift every detection is a false alarm, and none is "first".
+    control = loop_figures(frame, frozen, drift_start_day=15, events=events, drift_known=False)
+    assert control.false_alarms == 4 and control.first_detection_days is None
+
+
+def test_the_time_to_recover_is_measured_against_the_oracle() -> None:
+    """Served catches up with the oracle when version 2 starts serving on day 20."""
+    logged, labels, frozen = synthetic_run()
+    frame = evaluation_frame(logged, labels)
+    rng = np.random.default_rng(5)
+    fraud = frame["TX_FRAUD"].to_numpy() == 1
+    oracle = np.where(fraud, rng.uniform(0.6, 1, len(frame)), rng.uniform(0, 0.6, len(frame)))
+    oracle[frame["TX_TIME_DAYS"].to_numpy() < 10] = np.nan
+    figures = loop_figures(frame, frozen, 15, [], oracle_scores=oracle)
+    assert figures.oracle_average_precision > figures.frozen_average_precision
+    # The 3-day windows hold a frozen day until day 22.
+    assert figures.days_to_recover is not None and 5 <= figures.days_to_recover <= 8
+    frozen_only = frame.assign(score=frozen)
+    assert loop_figures(frozen_only, frozen, 15, [], oracle_scores=oracle).days_to_recover is None
