@@ -170,7 +170,8 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         log(f"version {entry.version} serves (validation AP "
             f"{entry.metrics['average_precision']:.3f})")
 
-        workers = replay_workers(settings, f"loop-{run_id}", run_dir)
+        workers = replay_workers(settings, f"loop-{run_id}", run_dir,
+                                 steps=size.clock == "event")
         log("starting a labels worker, a scoring worker and the retrainer")
         for worker in workers:
             worker.start(endpoints.kafka)

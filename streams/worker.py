@@ -281,19 +281,25 @@ def wait_for_group(bootstrap: str, settings: Settings, group: str,
     raise RuntimeError(f"worker group {group!r} did not take its partitions in {timeout_s:.0f} s")
 
 
-def replay_workers(settings: Settings, app_id: str, run_dir: Path) -> list[WorkerProcess]:
+def replay_workers(settings: Settings, app_id: str, run_dir: Path,
+                   steps: bool = False) -> list[WorkerProcess]:
     """The labels worker and the strict-replay scoring worker of one run, logging into
-    ``run_dir`` (worker logs and the feature log); not started."""
+    ``run_dir`` (worker logs and the feature log); not started. With ``steps`` (the
+    event clock: the replay waits for each day), batches wait less and checkpoints come
+    five times a second, so a day's scores and feature log are out sooner."""
     common: dict = {"env": {"FACTORY_STATE_DIR": str(settings.state_dir)},
                     "offset_reset": "latest"}
     return [
         WorkerProcess(settings, f"{app_id}-labels", role="labels",
-                      extra_args=["--batch-wait", "0.5", "--batch-max", "4096"],
+                      extra_args=["--batch-wait", "0.05" if steps else "0.5",
+                                  "--batch-max", "4096"],
                       log_path=str(run_dir / "labels-worker.log"),
                       metrics_port=settings.worker_metrics_port + 1, **common),
         WorkerProcess(settings, app_id, role="score", mode="strict",
                       labels_group=f"{app_id}-labels",
                       feature_log=str(run_dir / "feature_log"),
                       log_path=str(run_dir / "score-worker.log"),
+                      extra_args=["--batch-wait", "0.02", "--commit-interval", "0.2"]
+                      if steps else None,
                       metrics_port=settings.worker_metrics_port, **common),
     ]

@@ -72,7 +72,7 @@ def test_the_loop_retrains_gates_and_swaps_while_every_event_is_scored_once(
 
 # Figures that depend on the machine: wall seconds, and the version numbers the shared
 # model repository hands out (each run registers its own).
-WALL_CLOCK_FIGURES = ("cycle_seconds", "promotions", "serving_versions")
+WALL_CLOCK_FIGURES = ("cycle_seconds", "promotions", "serving_versions", "rejections")
 
 
 def test_on_the_event_clock_the_same_run_gives_the_same_figures(tmp_path: Path) -> None:
@@ -114,5 +114,9 @@ def test_on_the_event_clock_the_same_run_gives_the_same_figures(tmp_path: Path) 
     for name in first:
         if name not in WALL_CLOCK_FIGURES:
             assert first[name] == second[name], name
+    # A rejection's verdict, not its timings or the path of its graph.
+    verdicts = [[(r["reasons"], r["n_rows"], r["average_precision"]) for r in run["rejections"]]
+                for run in (first, second)]
+    assert verdicts[0] == verdicts[1]
     assert len(first["promotions"]) == len(second["promotions"])
     assert timelines[0] == timelines[1]
