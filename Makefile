@@ -5,7 +5,7 @@ setup:
 	@bash infra/setup.sh
 
 run: setup
-	.venv/bin/factory run
+	.venv/bin/factory run --clock event --seeds 0,1,2
 
 test: setup
 	.venv/bin/python -m pytest

@@ -475,7 +475,7 @@ class DriftDecision:
     n_rows: int
     detected: bool
     exceeded: bool
-    details: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
     model_version: int | None = None
     evaluated_at: float | None = None
 
@@ -705,7 +705,7 @@ class DriftMonitor:
         statistic: float,
         threshold: float,
         window: Mapping[str, float],
-        details: Mapping[str, float] | None = None,
+        details: Mapping[str, Any] | None = None,
         exceeded: bool | None = None,
     ) -> DriftDecision:
         return DriftDecision(

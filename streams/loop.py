@@ -368,10 +368,11 @@ class _ScoreReader:
         """The transaction ids of the scores that arrived."""
         ids = []
         for message in self.consumer.consume(num_messages=20_000, timeout=timeout_s):
-            if message.error():
+            value = message.value()
+            if message.error() or value is None:
                 continue
-            self.values.append(message.value())
-            score = Score.parse(message.value())
+            self.values.append(value)
+            score = Score.parse(value)
             self.score[score.tx_id] = score.score
             ids.append(score.tx_id)
         return ids
