@@ -290,3 +290,23 @@ def test_after_a_drift_calibration_is_judged_against_the_champion(
     assert not report.checks["calibration"]
     assert any("above the champion's" in r for r in report.reasons)
     assert any("further from 1 than the champion's" in r for r in report.reasons)
+
+
+def test_a_challenger_as_far_off_the_new_rate_as_the_champion_is_not_rejected_for_it() -> None:
+    """After a drift neither model fits the window's fraud rate: a challenger 3 % further
+    off than the champion passes, one 30 % further off does not."""
+    from models.gate import GateReport, _calibration
+
+    labels = np.zeros(10_000, np.int64)
+    labels[:1400] = 1  # 14 % fraud, as card testing's gate windows measured
+    champion = np.full(len(labels), 0.30 * 0.14)
+    config = GateConfig(ece_max=None)
+
+    def passes(ratio: float) -> bool:
+        report = GateReport(challenger="c.onnx", n_rows=len(labels), n_positives=1400)
+        _calibration(np.full(len(labels), ratio * 0.14), labels, config, report, champion)
+        return report.checks["calibration"]
+
+    assert passes(0.29) and passes(0.31) and passes(0.5)
+    assert not passes(0.21)
+    assert not GateConfig(ratio_tolerance=0.0).ratio_tolerance and passes(0.30)
