@@ -108,3 +108,14 @@ def worker_factory(live_stack: LiveStack, tmp_path: Path) -> Iterator[Callable[.
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test (training's arithmetic the same on any machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

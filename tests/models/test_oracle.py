@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from models import oracle
 from models.drift import LABEL_DELAY_COLUMN
@@ -25,12 +22,7 @@ TINY = Recipe(train_weeks=1, hidden=(8,), n_bins=4, n_members=1, max_epochs=2, p
 START, END = 30, 33
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from prometheus_client import generate_latest
 
 from models.extra_features import SERVING_NAMES
@@ -288,12 +287,7 @@ class MemoryRouter:
         yield
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_scheduled_retraining_swaps_in_the_challenger_and_a_worse_one_is_rolled_back(
