@@ -23,6 +23,15 @@ PORTS = ("kafka_port", "kafka_controller_port", "redis_port", "triton_http_port"
 pytestmark = pytest.mark.integration
 
 
+def _free_ports() -> dict[str, int]:
+    """A free port each; the labels worker's metrics take the port after the scorer's,
+    so that one must be free too."""
+    ports = {name: free_port() for name in PORTS}
+    while port_is_open(ports["worker_metrics_port"] + 1):
+        ports["worker_metrics_port"] = free_port()
+    return ports
+
+
 def test_the_loop_retrains_gates_and_swaps_while_every_event_is_scored_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -31,7 +40,7 @@ def test_the_loop_retrains_gates_and_swaps_while_every_event_is_scored_once(
     shutil.copyfile(REPO_ROOT / "triton_repo" / "fraud_detector" / "config.pbtxt",
                     repo / "fraud_detector" / "config.pbtxt")
     settings = dataclasses.replace(Settings(), state_dir=tmp_path / "state",
-                                   **{name: free_port() for name in PORTS})
+                                   **_free_ports())
     # The first retraining is due at day 35 and must be promoted while the stream still
     # runs: from due to promoted took 15-22 s on a shared 2-core machine, and the 21
     # days after day 35 last 52 s at 2.5 s a day.
@@ -90,7 +99,7 @@ def test_on_the_event_clock_the_same_run_gives_the_same_figures(tmp_path: Path) 
     runs, timelines = [], []
     for n in range(2):
         settings = dataclasses.replace(Settings(), state_dir=tmp_path / f"state-{n}",
-                                       **{name: free_port() for name in PORTS})
+                                       **_free_ports())
         summary = run_loop(size, settings=settings, triton_repo=repo)
         assert summary["scored"] == summary["transactions"] > 5_000
         assert summary["duplicates"] == 0 and summary["skew_rows"] == 0

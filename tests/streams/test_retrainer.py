@@ -320,8 +320,9 @@ class SteadyProducer(threading.Thread):
             if self.stop.is_set():
                 break
             due = began + len(self.sent) / self.rate
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            wait = due - time.monotonic()  # read once: a busy machine can pass `due`
+            if wait > 0:
+                time.sleep(wait)
             value = (f'{{"v":1,"tx_id":{tx},"event_time":{t},"card_id":{card},'
                      f'"terminal_id":{terminal},"amount":{amount!r}}}')
             client.produce(TRANSACTIONS, value=value.encode(), key=str(card).encode())
