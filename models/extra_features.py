@@ -116,10 +116,9 @@ def warm_up_days(column: str, delay_days: float = LABEL_DELAY_DAYS) -> float:
     """
     if column.startswith("TX_"):
         return 0.0
-    if column == "CUSTOMER_ID_AMOUNT_RATIO_90DAY":
+    if column in ("CUSTOMER_ID_AMOUNT_RATIO_90DAY", "CUSTOMER_ID_MAX_PREV_AMOUNT_RATIO_14DAY"):
+        # Both divide by the card's 90-day mean, whose spread narrows as its window fills.
         return float(CARD_MEAN_DAYS)
-    if column == "CUSTOMER_ID_MAX_PREV_AMOUNT_RATIO_14DAY":
-        return float(CARD_RECENT_DAYS)
     if column.startswith("TERMINAL_ID_KNOWN_FRAUD_RUN") or column == (
             "TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE"):
         return float(HORIZON_DAYS) + delay_days

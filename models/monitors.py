@@ -422,11 +422,12 @@ class DriftThresholds:
         0.9999) raised an alarm every ~30,000 stationary events.
     tail_ratio, tail_pvalue
         Both must hold: five times the expected number of cards with a row beyond the
-        reference's 0.1 % or 99.9 % quantile (the reference's share, never less than
-        0.05 %), and a binomial p < 1e-6 of that many if nothing changed: 7 cards of
-        a day's 1,000. A new fraud pattern (ten cards a day tested 10-30 times within
-        hours) lands beyond the extremes long before it moves a decile, and long
-        before its labels mature.
+        reference's 0.1 % or 99.9 % quantile (the reference's share of rows, never
+        less than 0.05 %, times the window's rows a card), and a binomial p < 1e-6 of
+        that many if nothing changed: about 10 cards of a day's 800 with 2.4 rows
+        each. A new fraud pattern (ten cards a day tested 10-30 times within hours)
+        lands beyond the extremes long before it moves a decile, and long before its
+        labels mature.
     min_rows, min_label_rows, min_positives
         Smallest windows judged: 1,000 scored rows; 1,000 labelled rows with 20 frauds
         (AP from fewer frauds swings by tens of percent).
@@ -621,19 +622,21 @@ class DriftMonitor:
 
         Each card or terminal counts once: a busy one's rows are not independent draws,
         and one terminal paid at 11 times a day would otherwise look like 11 surprises.
-        The expected share is the reference's share of rows beyond the edge (never
-        below half the tail quantile).
+        A card with more rows has more chances, though: the expected share of cards is
+        the reference's share of rows beyond the edge (never below half the tail
+        quantile) times the window's rows a card.
         """
         t = self.thresholds
         known = ~np.isnan(column)
         column, keys = column[known], keys[known]
         n_keys = len(np.unique(keys))
+        per_key = len(keys) / max(n_keys, 1)
         floor = self.profile.tail_quantile / 2
         sides = []
         for side, beyond, share in (("high", column > tail.high_edge, tail.high_share),
                                     ("low", column < tail.low_edge, tail.low_share)):
             count = len(np.unique(keys[beyond]))
-            expected = max(share, floor)
+            expected = min(1.0, max(share, floor) * per_key)
             ratio = count / max(n_keys, 1) / expected
             p_value = float(binom.sf(count - 1, n_keys, expected)) if count else 1.0
             sides.append((ratio, side, count, expected, p_value))
