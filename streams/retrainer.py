@@ -263,10 +263,12 @@ class Retrainer:
             stop.wait(self.config.poll_s)
 
     def close(self) -> None:
-        """Flush ``model-events`` and close the labels reader and the router."""
+        """Flush ``model-events`` and close the labels and feedback readers and the
+        router."""
         self.events.close()
-        if self.labels is not None:
-            self.labels.close()
+        for feed in (self.labels, self.feedback):
+            if feed is not None:
+                feed.close()
         close = getattr(self.swapper.router, "close", None)
         if close is not None:
             close()

@@ -111,7 +111,7 @@ def plot_table(rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
     names = list(rows)
     x = np.arange(len(names))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5))
     for offset, (label, key, color) in zip((-0.25, 0.0, 0.25), (
             ("served (loop)", "adaptive_average_precision", "C0"),
             ("first model frozen", "frozen_average_precision", "0.6"),
@@ -121,7 +121,7 @@ def plot_table(rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
         for i, n in enumerate(names):
             values = [v for v in (_value(f, key) for f in rows[n]) if v is not None]
             left.scatter([i + offset] * len(values), values, color="k", s=6, zorder=3)
-    left.set_xticks(x, names, rotation=20)
+    left.set_xticks(x, names, rotation=30, ha="right")
     left.set_ylabel("AP after the drift (mean, seeds as dots)")
     left.legend(fontsize=8)
     for offset, (label, key, color) in zip((-0.2, 0.2), (
@@ -135,7 +135,7 @@ def plot_table(rows: dict[str, list[dict[str, Any]]], path: Path) -> None:
                           label=label if i == 0 or not right.get_legend_handles_labels()[1]
                           else None)
                 right.scatter([i + offset] * len(values), values, color="k", s=6, zorder=3)
-    right.set_xticks(x, names, rotation=20)
+    right.set_xticks(x, names, rotation=30, ha="right")
     right.set_ylabel("days")
     right.legend(fontsize=8)
     figure.suptitle("The closed loop on every scenario (event clock)")
