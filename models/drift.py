@@ -59,6 +59,7 @@ from typing import Literal, get_args
 import numpy as np
 import pandas as pd
 
+from models.extra_features import LABEL_DELAY_COLUMN
 from models.simulator import SECONDS_PER_DAY
 
 DriftKind = Literal["card_testing", "spending_shift", "label_delay", "night_spree"]
@@ -68,7 +69,6 @@ NIGHT_SPREE_SCENARIO = 7
 NIGHT_SECONDS = 6 * 3600
 """A spree's rows fall in [00:00, 06:00) of their day, inside the reference night flag."""
 DEFAULT_LABEL_DELAY_DAYS = 7.0
-LABEL_DELAY_COLUMN = "LABEL_DELAY_DAYS"
 SCENARIO_1_THRESHOLD = 220.0
 
 _KIND_CODES: dict[str, int] = {

@@ -296,6 +296,86 @@ def add_extra_features(df: pd.DataFrame, delay_days: int = 7) -> pd.DataFrame:
     return out
 
 
+LABEL_DELAY_COLUMN = "LABEL_DELAY_DAYS"
+"""Optional per-transaction label delay in days (default ``delay_days``); see
+:func:`add_model_features`."""
+
+TERMINAL_FEATURE_COLUMNS: list[str] = [
+    *(f"TERMINAL_ID_{kind}_{w}DAY_WINDOW" for w in (1, 7, 30) for kind in ("NB_TX", "RISK")),
+    "TERMINAL_ID_KNOWN_FRAUD_RUN",
+    "TERMINAL_ID_KNOWN_FRAUD_RUN_DAYS",
+    "TERMINAL_ID_DAYS_SINCE_KNOWN_GENUINE",
+]
+"""The features made from the terminal's labels: the ones a late label changes."""
+
+
 def add_model_features(df: pd.DataFrame, delay_days: int = 7) -> pd.DataFrame:
-    """Raw transactions with the handbook features and the extras: every model input."""
-    return add_extra_features(add_reference_features(df, delay_days), delay_days)
+    """Raw transactions with the handbook features and the extras: every model input.
+
+    When ``df`` has a :data:`LABEL_DELAY_COLUMN`, each label is known that many days
+    after its transaction (rounded to the second, as the replay sends it) instead of
+    ``delay_days``, and the column is kept. The terminal windows still end ``delay_days``
+    before the row, but they hold only the labels known by the row's time: a label later
+    than ``delay_days`` is missing from them until it arrives, as in the stream.
+    """
+    out = add_extra_features(add_reference_features(df, delay_days), delay_days)
+    if LABEL_DELAY_COLUMN not in df.columns:
+        return out
+    delays = df[LABEL_DELAY_COLUMN].to_numpy(np.float64)
+    out[LABEL_DELAY_COLUMN] = delays
+    _with_late_labels(out, delays, delay_days)
+    return out
+
+
+def _with_late_labels(out: pd.DataFrame, delays: np.ndarray, delay_days: int) -> None:
+    """Recompute, in place, the terminal features of the rows a late label changes.
+
+    Label ``j`` (``delays[j] > delay_days``) is in the windows' range from
+    ``t_j + delay_days`` but not known before ``t_j + delay``: only the rows of its
+    terminal in that interval differ from the constant-delay features, and they are
+    recomputed from the definition, label by label.
+    """
+    delay_ns = np.rint(delays * 86400).astype(np.int64) * 10**9
+    if not (delay_ns > delay_days * _NS_PER_DAY).any():
+        return
+    times = pd.DatetimeIndex(out["TX_DATETIME"]).asi8
+    known_at = times + delay_ns
+    late_terminals = np.unique(out["TERMINAL_ID"].to_numpy()[delay_ns > delay_days * _NS_PER_DAY])
+    terminal_ids = out["TERMINAL_ID"].to_numpy()
+    frauds = out["TX_FRAUD"].to_numpy(np.int64)
+    ids = out["TRANSACTION_ID"].to_numpy()
+    columns = [out.columns.get_loc(c) for c in TERMINAL_FEATURE_COLUMNS]
+    values = out[TERMINAL_FEATURE_COLUMNS].to_numpy(np.float64)
+    window_ns = np.array([1, 7, 30], dtype=np.int64) * _NS_PER_DAY
+    end_lag = delay_days * _NS_PER_DAY
+    for terminal in late_terminals:
+        rows = np.flatnonzero(terminal_ids == terminal)
+        rows = rows[np.lexsort((ids[rows], times[rows]))]
+        t, known, fraud = times[rows], known_at[rows], frauds[rows]
+        day = t // _NS_PER_DAY
+        late = np.flatnonzero(known > t + end_lag)
+        # Rows with t + d <= t_i < known of some late label.
+        changed = np.zeros(len(rows), dtype=bool)
+        for lo, hi in zip(np.searchsorted(t, t[late] + end_lag, "left"),
+                          np.searchsorted(t, known[late], "left"), strict=True):
+            changed[lo:hi] = True
+        for i in np.flatnonzero(changed):
+            end = t[i] - end_lag
+            sel = np.flatnonzero((t <= end) & (known <= t[i]))
+            feature = []
+            for w in window_ns:
+                in_window = sel[t[sel] > end - w]
+                count = len(in_window)
+                feature += [float(count), fraud[in_window].sum() / count if count else 0.0]
+            genuine = sel[fraud[sel] == 0]
+            run = sel[sel > genuine[-1]] if len(genuine) else sel
+            today = day[i]
+            feature += [
+                float(len(run)),
+                float(min(today - day[run[0]], HORIZON_DAYS)) if len(run) else 0.0,
+                float(min(today - day[genuine[-1]], HORIZON_DAYS)) if len(genuine)
+                else float(HORIZON_DAYS),
+            ]
+            values[rows[i]] = feature
+    for k, column in enumerate(columns):
+        out.iloc[:, column] = values[:, k]

@@ -162,38 +162,76 @@ def test_terminal_features_follow_their_definition_with_late_labels() -> None:
                                rtol=0, atol=1e-12)
 
 
-def test_stream_state_gives_every_model_feature_of_the_batch_definition() -> None:
-    """Card state and terminal label arrays, fed in event-time order with labels arriving
-    ``delay`` after their transaction, give exactly the batch model features."""
-    from models.extra_features import MODEL_FEATURE_COLUMNS, add_model_features
-    from models.simulator import simulate
-
-    frame = add_model_features(simulate(n_customers=150, n_terminals=300, nb_days=75))
+def stream_features(frame: pd.DataFrame, delay_days: np.ndarray) -> np.ndarray:
+    """Every model feature of ``frame``'s rows as the stream state gives them: card state
+    and terminal label arrays fed in event-time order, each label once it is known,
+    ``delay_days`` (per row, rounded to the second) after its transaction."""
     frame = frame.sort_values(["TX_DATETIME", "TRANSACTION_ID"], kind="stable")
     seconds = (frame["TX_DATETIME"].astype("int64") // 10**9).to_numpy(float)
-    delay = LABEL_DELAY_DAYS * DAY
+    known_at = seconds + np.rint(delay_days[frame.index.to_numpy()] * DAY)
+    by_known = np.argsort(known_at, kind="stable")
     cards: dict[int, bytes] = {}
     terminals: dict[int, bytes] = {}
-    pending = 0  # labels are applied in event-time order, each once it is known
+    pending = 0  # labels are applied in the order they become known
     rows = []
     columns = zip(seconds, frame["TRANSACTION_ID"], frame["CUSTOMER_ID"],
                   frame["TERMINAL_ID"], frame["TX_AMOUNT"], strict=True)
     for t, tx, card, terminal, amount in columns:
-        while pending < len(frame) and seconds[pending] + delay <= t:
-            j = frame.index[pending]
-            key = int(frame.at[j, "TERMINAL_ID"])
+        while pending < len(frame) and known_at[by_known[pending]] <= t:
+            j = by_known[pending]
+            key = int(frame["TERMINAL_ID"].iat[j])
             terminals[key] = update_terminal_history(
-                terminals.get(key, b""), int(frame.at[j, "TRANSACTION_ID"]), seconds[pending],
-                int(frame.at[j, "TX_FRAUD"]), seconds[pending] + delay)
+                terminals.get(key, b""), int(frame["TRANSACTION_ID"].iat[j]), seconds[j],
+                int(frame["TX_FRAUD"].iat[j]), known_at[j])
             pending += 1
         cards[card], card_features = update_card_history(cards.get(card, b""), t, amount, tx)
         arrays = terminal_arrays(terminals.get(terminal, b""))
         rows.append([amount, *transaction_flags(t), *card_features,
                      *terminal_window_features(*arrays, t)])
-    got = np.asarray(rows)
-    want = frame[MODEL_FEATURE_COLUMNS].to_numpy(np.float64)
+    out = np.empty((len(frame), len(rows[0])))
+    out[np.argsort(frame.index.to_numpy())] = np.asarray(rows)  # back in the frame's order
+    return out
+
+
+def assert_same_features(got: np.ndarray, frame: pd.DataFrame) -> None:
+    from models.extra_features import MODEL_FEATURE_COLUMNS
+
+    want = frame.sort_index()[MODEL_FEATURE_COLUMNS].to_numpy(np.float64)
     assert got.shape == want.shape
-    assert frame["TERMINAL_ID_KNOWN_FRAUD_RUN"].gt(0).sum() > 20
     bad = ~np.isclose(got, want, rtol=0, atol=1e-9)
     assert not bad.any(), pd.DataFrame(
-        {"column": np.array(MODEL_FEATURE_COLUMNS)[bad.any(axis=0)]}).to_string()
+        {"column": np.array(MODEL_FEATURE_COLUMNS)[bad.any(axis=0)],
+         "rows": bad.sum(axis=0)[bad.any(axis=0)]}).to_string()
+
+
+def test_stream_state_gives_every_model_feature_of_the_batch_definition() -> None:
+    """Card state and terminal label arrays, fed in event-time order with labels arriving
+    ``delay`` after their transaction, give exactly the batch model features."""
+    from models.extra_features import add_model_features
+    from models.simulator import simulate
+
+    frame = add_model_features(simulate(n_customers=150, n_terminals=300, nb_days=75))
+    assert frame["TERMINAL_ID_KNOWN_FRAUD_RUN"].gt(0).sum() > 20
+    got = stream_features(frame, np.full(len(frame), float(LABEL_DELAY_DAYS)))
+    assert_same_features(got, frame)
+
+
+def test_batch_features_follow_late_labels_as_the_stream_does() -> None:
+    """With a per-row LABEL_DELAY_DAYS (the label_delay drift: half the labels of days
+    30-60 arrive 9-20 days late), the batch reference leaves each late label out of the
+    windows until it arrives, as the stream does, on every row."""
+    from models.drift import DriftSpec, apply_drift
+    from models.extra_features import LABEL_DELAY_COLUMN, add_model_features
+    from models.simulator import simulate
+
+    spec = DriftSpec.parse("label_delay:start=30,days=30,intensity=0.5,delay_days=9,"
+                           "delay_spread_days=11")
+    world = apply_drift(simulate(n_customers=150, n_terminals=300, nb_days=75), [spec])
+    frame = add_model_features(world)
+    delays = frame[LABEL_DELAY_COLUMN].to_numpy(np.float64)
+    assert (delays > LABEL_DELAY_DAYS).sum() > 1000
+    constant = add_model_features(world.drop(columns=LABEL_DELAY_COLUMN))
+    changed = ~np.isclose(frame["TERMINAL_ID_RISK_7DAY_WINDOW"],
+                          constant["TERMINAL_ID_RISK_7DAY_WINDOW"])
+    assert changed.sum() > 100  # the late labels do change features
+    assert_same_features(stream_features(frame, delays), frame)
