@@ -14,6 +14,7 @@ so that a later version can warm-start from its parent.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -158,6 +159,7 @@ def train_version(
     warm_start: bool = False,
     feedback: pd.DataFrame | None = None,
     feedback_share: float = 0.5,
+    score_reference: pd.DataFrame | None = None,
 ) -> ModelVersion:
     """Train a model on ``frame``, publish it as the next version and register it.
 
@@ -186,6 +188,12 @@ def train_version(
         feedback and the delayed labels apart and average the two posteriors with
         equal weight, since the few recent feedback labels say most about the newest
         frauds; weighting the two sets alike in one model follows the same idea.
+    score_reference
+        Rows with ``recipe.features``, labelled or not, that the model did not train
+        on, whose scores are the score monitor's reference (see
+        :func:`recent_rows`); by default the validation rows. A model's scores move with
+        the weekday (the weekend flag is an input), so a reference of a whole week
+        judges a Saturday against Saturdays, where two validation days may hold none.
 
     Returns
     -------
@@ -234,10 +242,14 @@ def train_version(
         # The features' reference is the training rows; the score's, the validation
         # rows the model did not fit (its scores on its own rows are surer).
         both = pd.concat([train, valid], ignore_index=True)
+        reference_scores = None
+        if score_reference is not None and len(score_reference) >= MIN_SCORE_REFERENCE_ROWS:
+            reference_scores = predict(model, score_reference, recipe)
         save_training_profile(registry.profile_path(version), both,
                               predict(model, both, recipe), recipe,
                               frame.attrs.get("history_start", _first_time(frame)),
-                              score_rows=np.arange(len(both)) >= len(train))
+                              score_rows=np.arange(len(both)) >= len(train),
+                              reference_scores=reference_scores)
         entry = ModelVersion(
             version=version, parent=parent, trigger=trigger, window=train_window,
             recipe=recipe_dict(recipe),
@@ -273,20 +285,22 @@ def _first_time(frame: pd.DataFrame) -> float:
 
 def save_training_profile(path: Path, rows: pd.DataFrame, scores: np.ndarray,
                           recipe: Recipe, history_start: float | None = None,
-                          score_rows: np.ndarray | None = None) -> Path:
+                          score_rows: np.ndarray | None = None,
+                          reference_scores: np.ndarray | None = None) -> Path:
     """The reference the drift monitors compare live rows with: histograms, extremes and
     a KS sample of every feature (under its feature-log name) and of the score, over the
     training rows whose windows were complete (:func:`models.extra_features.warm_up_days`
     after ``history_start``, the first event the features were computed from; by default
     the earliest of ``rows``); the score's only over ``score_rows`` (a mask: the held-out
-    rows) when given. Written atomically to ``path``."""
+    rows) when given, or on ``reference_scores`` (scores of other held-out rows) when
+    those are given. Written atomically to ``path``."""
     from models.extra_features import (
         SCORE_WARM_UP_DAYS,
         SERVING_NAMES,
         feature_entity,
         warm_up_days,
     )
-    from models.monitors import ReferenceProfile
+    from models.monitors import Histogram, ReferenceProfile
 
     times = rows["TX_DATETIME"].to_numpy("datetime64[s]").astype(np.int64).astype(np.float64)
     start = float(times.min()) if history_start is None else float(history_start)
@@ -297,6 +311,9 @@ def save_training_profile(path: Path, rows: pd.DataFrame, scores: np.ndarray,
         warm_up_s=[warm_up_days(c) * SECONDS_PER_DAY for c in recipe.features],
         score_warm_up_s=SCORE_WARM_UP_DAYS * SECONDS_PER_DAY,
         entities=[feature_entity(c) for c in recipe.features], score_rows=score_rows)
+    if reference_scores is not None:
+        profile = dataclasses.replace(
+            profile, score=Histogram.from_values(np.asarray(reference_scores), profile.bins))
     return write_text_atomic(path, profile.to_json())
 
 
@@ -344,6 +361,26 @@ def read_labels(path: Path | str) -> pd.DataFrame:
     if path.is_dir() or path.suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path)
+
+
+MIN_SCORE_REFERENCE_ROWS = 1000
+"""Fewest rows :func:`train_version` profiles the score on (as the monitors' own floor)."""
+
+
+def recent_rows(path: Path | str, since: float, recipe: Recipe = DEFAULT_RECIPE
+                ) -> pd.DataFrame:
+    """The logged rows from event time ``since`` on, labelled or not, with
+    ``recipe.features``: after a gate window, the traffic whose labels have not
+    matured, which no challenger has trained on (the score's reference)."""
+    from streams.feature_log import read_feature_log
+
+    day = pd.Timestamp(since, unit="s").strftime("%Y-%m-%d")
+    log = read_feature_log(Path(path), since_date=day)
+    if log.empty:
+        return pd.DataFrame(columns=list(recipe.features))
+    log = log[log["event_time"].to_numpy(np.float64) >= since]
+    mapping = log_feature_names(list(log.columns), recipe.features)
+    return log.rename(columns=mapping)[list(recipe.features)].reset_index(drop=True)
 
 
 def frame_from_feature_log(

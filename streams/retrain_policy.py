@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from models.monitors import MONITORS, DriftDecision, QualityBaseline, window_quality
 from models.registry import Trigger
@@ -103,7 +104,7 @@ def due_trigger(
     follow_up = (policy.follow_up_days is not None and state.last_detected is not None
                  and now < state.last_detected + policy.follow_up_span_days * SECONDS_PER_DAY)
     if follow_up:
-        assert policy.follow_up_days is not None
+        assert policy.follow_up_days is not None and state.last_detected is not None
         due = state.schedule_anchor + policy.follow_up_days * SECONDS_PER_DAY
         if now >= due:
             return TriggerDecision(
@@ -144,6 +145,24 @@ def gate_split(matured_event_times: np.ndarray, gate_days: int = 7) -> GateSplit
     if not np.any((times >= start) & (times < end)):
         raise ValueError(f"no matured rows in the gate window [{start:.0f}, {end:.0f})")
     return GateSplit(float(start), float(end))
+
+
+def fit_window(split: GateSplit, valid_days: int,
+               validate_on_gate: bool) -> tuple[pd.Timestamp, int]:
+    """Where a challenger's rows end, and its validation days (:func:`split_windows`'s
+    ``end`` and ``valid_days``).
+
+    By default the gate window is also the early-stopping window: the challenger trains
+    on every matured day before it, and the gate judges it on rows it never fitted, but
+    that chose its epoch (one number; a slight lean its way, which the gate's tolerances
+    cover). Held apart (``validate_on_gate=False``), its validation is the
+    ``valid_days`` before the gate window, and it learns a new pattern that many
+    days later.
+    """
+    if validate_on_gate:
+        return pd.Timestamp(split.end, unit="s"), round((split.end - split.start)
+                                                        / SECONDS_PER_DAY)
+    return pd.Timestamp(split.start, unit="s"), valid_days
 
 
 @dataclass(frozen=True)

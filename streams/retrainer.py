@@ -37,6 +37,7 @@ from models.trainer import (
     FEEDBACK_COLUMN,
     frame_from_feature_log,
     load_weights,
+    recent_rows,
     train_version,
     weights_path,
 )
@@ -52,6 +53,7 @@ from streams.retrain_policy import (
     TriggerPolicy,
     TriggerState,
     due_trigger,
+    fit_window,
     gate_split,
     shadow_agreement,
 )
@@ -78,6 +80,9 @@ class RetrainerConfig:
     repo_dir: Path
     gate_days: int = 7
     valid_days: int = 7
+    # The gate window also picks the early-stopping epoch, so a challenger learns from
+    # days up to the gate's (streams.retrain_policy.fit_window); valid_days then unused.
+    validate_on_gate: bool = True
     warm_start: bool = True
     recipe: Recipe = DEFAULT_RECIPE
     trigger: TriggerPolicy = field(default_factory=TriggerPolicy)
@@ -297,12 +302,16 @@ class Retrainer:
             feedback, frame = frame[from_feedback], frame[~from_feedback]
             times = frame["TX_DATETIME"].to_numpy("datetime64[s]").astype(np.int64)
             split = gate_split(times, self.config.gate_days)
+            end, valid_days = fit_window(split, self.config.valid_days,
+                                         self.config.validate_on_gate)
             entry = train_version(
                 frame, registry=self.registry, repo_dir=self.config.repo_dir,
-                trigger=trigger.kind, parent=parent, valid_days=self.config.valid_days,
+                trigger=trigger.kind, parent=parent, valid_days=valid_days,
                 recipe=self.config.recipe, seed=self.config.seed, device="cpu",
-                end=pd.Timestamp(split.start, unit="s"), warm_start=warm,
-                feedback=feedback, feedback_share=self.config.feedback_share)
+                end=end, warm_start=warm,
+                feedback=feedback, feedback_share=self.config.feedback_share,
+                score_reference=recent_rows(self.config.feature_log, split.end,
+                                            self.config.recipe))
             train_seconds = time.monotonic() - clock
             self.metrics.seconds.labels(stage="train").set(train_seconds)
             return self.challenge(entry.version, self.gate_window(frame, split),

@@ -10,15 +10,18 @@ import pandas as pd
 import pytest
 
 from models.extra_features import EXTRA_FEATURE_COLUMNS, SERVING_NAMES
-from models.monitors import ReferenceProfile
-from models.recipe import DEFAULT_RECIPE, Recipe
+from models.monitors import Histogram, ReferenceProfile
+from models.recipe import DEFAULT_RECIPE, Recipe, predict
 from models.reference_features import FEATURE_COLUMNS
 from models.registry import Registry, UnknownVersionError
 from models.trainer import (
     frame_from_feature_log,
     frame_from_simulator,
+    load_weights,
+    recent_rows,
     split_windows,
     train_version,
+    weights_path,
 )
 from models.triton_config import ConfigError
 from streams.cli import main
@@ -88,12 +91,22 @@ def test_train_publish_record_and_warm_start(frame: pd.DataFrame, tmp_path: Path
     assert len(profile.features) == len(FAST.features)
     assert abs(float(np.sum(profile.score.proportions)) - 1.0) < 1e-6
 
+    # The score's reference is the validation rows unless other unseen rows are given:
+    # here the week after the validation window.
+    unseen = frame[frame["TX_DATETIME"] >= pd.Timestamp(END) - pd.Timedelta(days=7)]
     second = train_version(frame, registry=registry, repo_dir=repo, trigger="drift", parent=1,
-                           recipe=FAST, end="2018-05-30", device="cpu", warm_start=True)
+                           recipe=FAST, end="2018-05-24", device="cpu", warm_start=True,
+                           score_reference=unseen)
     assert (second.version, second.parent, second.trigger) == (2, 1, "drift")
     assert second.warm_start
     assert [v.version for v in registry.lineage(2)] == [2, 1]
     assert (tmp_path / "registry" / "weights" / "2.pt").exists()
+    model = load_weights(weights_path(registry, 2))[0]
+    score = ReferenceProfile.from_json(registry.profile_path(2).read_text()).score
+    assert score is not None
+    expected = Histogram.from_values(predict(model, unseen, FAST))
+    np.testing.assert_allclose(score.inner_edges, expected.inner_edges, rtol=1e-6)
+    np.testing.assert_allclose(score.proportions, expected.proportions)
 
 
 def test_failures_come_before_training_and_leave_nothing(
@@ -150,6 +163,14 @@ def test_frame_from_feature_log(frame: pd.DataFrame, tmp_path: Path) -> None:
     np.testing.assert_array_equal(logged["TX_FRAUD"], expected["TX_FRAUD"])
     assert (logged["TX_DATETIME"].to_numpy() == expected["TX_DATETIME"].to_numpy()).all()
     split_windows(logged)  # every column train_version needs
+
+    # The score's reference rows: every logged row from a time on, labelled or not.
+    since = (last - pd.Timedelta(days=5)).timestamp()
+    recent = recent_rows(tmp_path / "log", since)
+    later = frame[frame["TX_DATETIME"] >= last - pd.Timedelta(days=5)]
+    assert len(recent) == len(later) and list(recent.columns) == features
+    np.testing.assert_array_equal(recent.to_numpy(), later[features].to_numpy())
+    assert recent_rows(tmp_path / "log", last.timestamp() + 86400).empty
 
     write_log(frame, tmp_path / "old", list(FEATURE_COLUMNS))
     with pytest.raises(ValueError, match="lacks the recipe's features") as caught:

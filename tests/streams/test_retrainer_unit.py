@@ -32,6 +32,7 @@ from streams.retrain_policy import (
     TriggerPolicy,
     TriggerState,
     due_trigger,
+    fit_window,
     gate_split,
     rollback_verdict,
     shadow_agreement,
@@ -135,11 +136,25 @@ def test_training_ends_where_the_gate_window_starts() -> None:
     frame["CUSTOMER_ID"] = rng.integers(0, 50, n)
     frame["TX_FRAUD"] = (rng.random(n) < 0.05).astype(int)
     split = gate_split(times[times <= 53.5 * DAY])
-    train, valid, *_ = split_windows(frame, end=pd.Timestamp(split.start, unit="s"),
-                                     recipe=Recipe(train_weeks=2))
-    seen = pd.concat([train, valid])["TX_DATETIME"].astype("int64") // 10**9
-    assert seen.max() < split.start
     assert split.end - split.start == 7 * DAY and split.end == 53 * DAY
+
+    def fitted(validate_on_gate: bool) -> tuple[pd.Series, pd.Series]:
+        end, valid_days = fit_window(split, 3, validate_on_gate)
+        train, valid, *_ = split_windows(frame, end=end, valid_days=valid_days,
+                                         recipe=Recipe(train_weeks=2))
+        return (train["TX_DATETIME"].astype("int64") // 10**9,
+                valid["TX_DATETIME"].astype("int64") // 10**9)
+
+    # Held apart: neither training nor early stopping sees the gate window.
+    train, valid = fitted(False)
+    assert valid.max() < split.start and valid.min() >= split.start - 3 * DAY
+    assert train.max() < valid.min()
+    # Validating on the gate: the training rows end where the gate window starts, and the
+    # early-stopping rows are exactly the gate window's.
+    train, valid = fitted(True)
+    assert train.max() < split.start <= train.max() + DAY
+    in_gate = times[(times >= split.start) & (times < split.end)]
+    assert sorted(valid) == sorted(np.floor(in_gate).astype(np.int64))
 
 
 # Rollback decision ----------------------------------------------------------------------
@@ -342,8 +357,12 @@ def test_scheduled_retraining_swaps_in_the_challenger_and_a_worse_one_is_rolled_
     entry = registry.get(2)
     assert registry.champion() == 2 and entry.parent == 1 and entry.warm_start
     assert entry.gate is not None and entry.gate["passed"]
-    gate_start = entry.gate["gate_window"]["start"]
-    assert pd.Timestamp(entry.metrics["window"]["end"]).timestamp() == gate_start
+    # The gate window is also the one that chose the early-stopping epoch.
+    gate = entry.gate["gate_window"]
+    valid = entry.metrics["window"]
+    gate_start = gate["start"]
+    assert pd.Timestamp(valid["start"]).timestamp() == gate["start"]
+    assert pd.Timestamp(valid["end"]).timestamp() == gate["end"]
     assert (tmp_path / "registry" / "profiles" / "2.json").exists()
     assert (tmp_path / "registry" / "profiles" / "1.json").exists(), "from the first day"
     names = [e["event"] for e in retrainer.events.sent if e["event"] != "drift_check"]
