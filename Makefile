@@ -7,8 +7,10 @@ setup:
 run: setup
 	.venv/bin/factory run --clock event --seeds 0,1,2
 
-test: setup
+# The linters first: a lint or type error fails the run before the (long) test suite.
+test: lint
 	.venv/bin/python -m pytest
 
 lint: setup
 	.venv/bin/ruff check streams models infra tests bench
+	.venv/bin/python -m mypy streams models infra

@@ -32,6 +32,7 @@ import copy
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -145,7 +146,7 @@ class BinnedMLP(nn.Module):
         fraud rate.
         """
         with torch.no_grad():
-            self.net[-1].bias.fill_(float(np.log(rate / (1 - rate))))
+            cast(nn.Linear, self.net[-1]).bias.fill_(float(np.log(rate / (1 - rate))))
         return self
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +211,7 @@ def _xy(frame: pd.DataFrame, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
     return x, frame[TARGET_COLUMN].to_numpy(dtype=np.float32)
 
 
-def _validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, offset: float) -> float:
+def _validation_loss(model: BinnedMLP, x: torch.Tensor, y: torch.Tensor, offset: float) -> float:
     model.eval()
     with torch.no_grad():
         logits = model.logits(x) + offset
@@ -218,7 +219,7 @@ def _validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, offset:
 
 
 def _train_member(
-    model: nn.Module,
+    model: BinnedMLP,
     x: np.ndarray,
     y: np.ndarray,
     valid: tuple[torch.Tensor, torch.Tensor],
@@ -226,7 +227,7 @@ def _train_member(
     seed: int,
     device: torch.device,
     weights: np.ndarray | None = None,
-) -> nn.Module:
+) -> BinnedMLP:
     """Fit one member on all frauds and a seeded share of the genuine rows."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -237,7 +238,7 @@ def _train_member(
 
 
 def _fit_member(
-    model: nn.Module,
+    model: BinnedMLP,
     x: np.ndarray,
     y: np.ndarray,
     valid: tuple[torch.Tensor, torch.Tensor],
@@ -245,7 +246,7 @@ def _fit_member(
     seed: int,
     device: torch.device,
     weights: np.ndarray | None = None,
-) -> nn.Module:
+) -> BinnedMLP:
     rng = np.random.default_rng(seed)
     keep = (y == 1) | (rng.random(len(y)) < recipe.genuine_fraction)
     features = torch.as_tensor(x[keep], device=device)
@@ -333,7 +334,7 @@ def fit_fraud_model(
     )
     if init is not None:
         starts = list(init.members) if isinstance(init, FraudEnsemble) else [init]
-        members = [copy.deepcopy(m) for m in starts]
+        members = [cast(BinnedMLP, copy.deepcopy(m)) for m in starts]
     else:
         encoding = BinnedMLP(x.shape[1], (), n_bins=recipe.n_bins).fit_encoding(
             x, y if recipe.tree_share > 0 else None, recipe.tree_share
@@ -363,7 +364,7 @@ def match_prior(model: FraudEnsemble, frame: pd.DataFrame, recipe: Recipe = DEFA
     rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
     features = torch.as_tensor(x)
     with torch.no_grad():
-        for member in model.members:
+        for member in cast(Sequence[BinnedMLP], model.members):
             logits = member.logits(features).ravel().double()
             low, high = -30.0, 30.0
             for _ in range(60):

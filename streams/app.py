@@ -290,10 +290,12 @@ def source_offsets(app: FactoryApp, config: WorkerConfig, topic: str) -> SourceO
                 if record.error() is not None:
                     raise RuntimeError(f"reading {topic}:{partition} {start}-{end - 1}: "
                                        f"{record.error()}")
-                if record.offset() >= end:
+                offset = record.offset()
+                assert offset is not None  # a record without an error has an offset
+                if offset >= end:
                     break  # offsets before it hold no record (markers)
                 found.append(FilledRecord.of(record))
-                if record.offset() == end - 1:
+                if offset == end - 1:
                     break
             else:
                 raise TimeoutError(f"reading {topic}:{partition} {start}-{end - 1} took 60 s")

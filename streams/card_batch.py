@@ -310,15 +310,15 @@ def _vectorised(states: list[bytes], card: np.ndarray, event_time: np.ndarray,
     high = s_stop  # from here on, the 90-day window holds every state entry
     s_keep = s_cut  # from here on, the retention keeps every state entry
     if any_masked:
-        rows = np.flatnonzero(masked)
+        masked_rows = np.flatnonzero(masked)
         grown = np.flatnonzero(unsorted[growing])
-        found = _first_above(floor, np.concatenate((low[rows], s_cut[grown])),
-                             np.concatenate((s_stop[rows], seg[growing[grown] + 1])),
-                             np.concatenate((bounds[rows, _MEAN], cut[grown])))
+        found = _first_above(floor, np.concatenate((low[masked_rows], s_cut[grown])),
+                             np.concatenate((s_stop[masked_rows], seg[growing[grown] + 1])),
+                             np.concatenate((bounds[masked_rows, _MEAN], cut[grown])))
         high = s_stop.copy()
-        high[rows] = found[:len(rows)]
+        high[masked_rows] = found[:len(masked_rows)]
         s_keep = s_cut.copy()
-        s_keep[grown] = found[len(rows):]
+        s_keep[grown] = found[len(masked_rows):]
 
     # Over the state entries of the windows, a few hundred events at a time (temporaries
     # stay small): the spending windows' counts and sums, in arrival order; the entries to
@@ -513,8 +513,8 @@ def _state_positions(states: list[bytes], entries: np.ndarray, seg: np.ndarray,
         pieces.append(np.flatnonzero(table[hashed]) + at)
     candidates = np.concatenate(pieces)
     candidate_ids = ids[candidates]
-    at = np.minimum(np.searchsorted(unique_ids, candidate_ids), len(unique_ids) - 1)
-    same = unique_ids[at] == candidate_ids
+    nearest = np.minimum(np.searchsorted(unique_ids, candidate_ids), len(unique_ids) - 1)
+    same = unique_ids[nearest] == candidate_ids
     if not same.any():
         return found
     matched = candidates[same]

@@ -93,7 +93,8 @@ class BatchLoop:
             if self._held_back():
                 # A checkpoint that cannot write its feature-log rows (a full disk) holds
                 # the loop: batches taken now would only pile up uncommitted.
-                await asyncio.wait({self._in_flight}, timeout=self.commit_interval_s)  # type: ignore[arg-type]
+                assert self._in_flight is not None  # held back only by a checkpoint in flight
+                await asyncio.wait({self._in_flight}, timeout=self.commit_interval_s)
                 continue
             try:
                 batch = await asyncio.wait_for(

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -114,10 +115,14 @@ def consume(bootstrap: str, settings: Settings, topic: str, *,
             for message in consumer.consume(num_messages=5000, timeout=0.2):
                 if message.error():
                     continue
-                received.append(Received(message.key(), message.value(),
-                                         list(message.headers() or []),
-                                         message.partition(), message.offset(),
-                                         message.timestamp()[1]))
+                partition, offset = message.partition(), message.offset()
+                assert partition is not None and offset is not None  # set when no error
+                # The topics read back here hold no tombstones, and a consumer gets its
+                # headers as a list of pairs (a dict is only for producing).
+                received.append(Received(message.key(), cast(bytes, message.value()),
+                                         list(cast(list[tuple[str, bytes]],
+                                                   message.headers() or [])),
+                                         partition, offset, message.timestamp()[1]))
             if progress and time.monotonic() - shown > 1.0:
                 shown = time.monotonic()
                 print(f"  {len(received):,} {progress} read", file=sys.stderr, flush=True)

@@ -66,7 +66,7 @@ class Emitter:
             TRANSACTIONS_DLQ,
             value=batch.value[row],
             key=batch.key[row],
-            headers=dead_letter_headers(batch.topic, int(batch.partition[row]),
+            headers=dead_letter_headers(batch.topic, int(batch.partition[row]),  # type: ignore[arg-type]  # confluent-kafka's header list is invariant (str | bytes | None)
                                         int(batch.offset[row]), stage, error),
         )
         self.metrics.dead_lettered.labels(getattr(error, "kind", type(error).__name__)).inc()

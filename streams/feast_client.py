@@ -8,7 +8,9 @@ order is written down once, in ``feature_repo/features.py``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -16,10 +18,16 @@ import pandas as pd
 
 from streams.settings import REPO_ROOT
 
+if TYPE_CHECKING:
+    from streams.redis_conn import Client
+
 FEATURE_REPO = REPO_ROOT / "feature_repo"
 TRANSACTION_FEATURES = ("tx_amount", "tx_during_weekend", "tx_during_night")
 CARD_VIEW = "card_activity"
 TERMINAL_VIEW = "terminal_risk"
+LabelArrays = tuple[np.ndarray | Sequence[float], np.ndarray | Sequence[float],
+                    np.ndarray | Sequence[int]]
+"""A terminal's label arrays as pushed: event times, known times, frauds (arrays or lists)."""
 
 
 def feast_redis_connection(redis_url: str) -> str:
@@ -113,7 +121,7 @@ class OnlineFeatures:
         self.integers = {p.name: {f.name for f in p.features if f.dtype == Int64}
                          for p in feature_service.feature_view_projections}
         self.order = model_feature_order(store, service)
-        self._redis = None
+        self._redis: Client | None = None
 
     def push_card_activity(self, card_ids: np.ndarray, event_times: np.ndarray,
                            values: np.ndarray) -> None:
@@ -129,7 +137,7 @@ class OnlineFeatures:
 
     def push_terminal_risk(self, terminal_ids: np.ndarray, event_times: np.ndarray,
                            values: np.ndarray,
-                           arrays: list[tuple[list[float], list[float], list[int]]] | None = None,
+                           arrays: Sequence[LabelArrays] | None = None,
                            ) -> None:
         """Push one row per terminal: its window values and the label arrays behind them."""
         from feast.data_source import PushMode

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ import numpy as np
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from streams.feast_client import CARD_VIEW, TERMINAL_VIEW, model_feature_order
+from streams.feast_client import CARD_VIEW, TERMINAL_VIEW, LabelArrays, model_feature_order
 from streams.label_versions import mark_changed, versions_key
 
 SERIALIZATION_VERSION = 3
@@ -363,7 +364,7 @@ class FastOnlineFeatures:
 
     def push_terminal_risk(self, terminal_ids: np.ndarray, event_times: np.ndarray,
                            values: np.ndarray,
-                           arrays: list[tuple[list[float], list[float], list[int]]] | None = None,
+                           arrays: Sequence[LabelArrays] | None = None,
                            ) -> None:
         """Push one row per terminal: its window values and the label arrays behind them."""
         arrays = arrays if arrays is not None else [([], [], [])] * len(terminal_ids)
@@ -407,7 +408,7 @@ class FastOnlineFeatures:
         """
         if not commands:
             return []
-        if self.cluster:
+        if isinstance(self.redis, RedisCluster):  # self.cluster; this narrows self.redis
             return self._cluster_round_trip(commands)
         pool = self.redis.connection_pool
         for attempt in (0, 1):
@@ -440,7 +441,7 @@ class FastOnlineFeatures:
         """Whether ``client`` talks to this store's Redis (same host, port and database),
         so commands for both can share one round trip (never in a Redis Cluster: each
         client routes its own)."""
-        if self.cluster or isinstance(client, RedisCluster):
+        if isinstance(self.redis, RedisCluster) or isinstance(client, RedisCluster):
             return False
         mine, theirs = (c.connection_pool.connection_kwargs for c in (self.redis, client))
         return all(mine.get(k) == theirs.get(k) for k in ("host", "port", "db", "path"))
@@ -500,15 +501,15 @@ class FastOnlineFeatures:
         return labels
 
     def _push(self, view: str, ids: np.ndarray, event_times: np.ndarray, values: np.ndarray,
-              arrays: list[tuple[Any, Any, Any]] | None,
-              after: list[tuple[Any, ...]] = ()) -> None:
+              arrays: Sequence[tuple[Any, Any, Any]] | None,
+              after: Sequence[tuple[Any, ...]] = ()) -> None:
         layout = self.layouts[view]
         self._scripted_round_trip(
             [*self._write_commands(layout, self._push_rows(view, ids, event_times, values,
                                                            arrays)), *after])
 
     def _push_rows(self, view: str, ids: np.ndarray, event_times: np.ndarray,
-                   values: np.ndarray, arrays: list[tuple[Any, Any, Any]] | None
+                   values: np.ndarray, arrays: Sequence[tuple[Any, Any, Any]] | None
                    ) -> list[tuple[bytes, tuple[int, int], list[bytes]]]:
         layout = self.layouts[view]
         names = self.views[view]

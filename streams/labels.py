@@ -14,6 +14,7 @@ import numpy as np
 from streams.batches import RecordBatch
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
+from streams.feast_fast import FastOnlineFeatures
 from streams.features import TERMINAL_DTYPE, terminal_arrays, update_terminal_history
 from streams.metrics import WorkerMetrics
 from streams.records import parse_labels
@@ -39,7 +40,7 @@ class LabelPipeline:
         self.state = state
         self.consumer = consumer
         self.started = asyncio.Event()
-        self.features: OnlineFeatures | None = None
+        self.features: OnlineFeatures | FastOnlineFeatures | None = None
         self.watermark: LabelWatermark | None = None
         self.marks: StoreMarks | None = None
         self._unmarked: set[int] = set()

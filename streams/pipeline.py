@@ -22,6 +22,7 @@ from streams.batches import RecordBatch
 from streams.card_batch import update_card_histories
 from streams.emit import Emitter
 from streams.feast_client import OnlineFeatures, online_features, open_store
+from streams.feast_fast import FastOnlineFeatures
 from streams.feature_log import FeatureLog
 from streams.features import (
     CARD_DTYPE,
@@ -59,7 +60,7 @@ class ScoringPipeline:
         self.state = state
         self.consumer = consumer
         self.started = asyncio.Event()
-        self.features: OnlineFeatures | None = None
+        self.features: OnlineFeatures | FastOnlineFeatures | None = None
         self.scorer: TritonScorer | None = None
         self.watermark: LabelWatermark | None = None
         # A strict batch waiting for labels that may never come (the end of a replay):
@@ -183,7 +184,7 @@ class ScoringPipeline:
                   "labels worker has pushed it again", marked, partitions)
         self.metrics.waiting_for_state.labels("labels").set(1)
         try:
-            while int(self.router.client.hlen(self.labels_marks_key)) < partitions:
+            while int(self.router.client.hlen(self.labels_marks_key)) < partitions:  # type: ignore[arg-type]  # redis-py types sync replies as Awaitable | T
                 await asyncio.sleep(0.2)
         finally:
             self.metrics.waiting_for_state.labels("labels").set(0)
@@ -364,6 +365,7 @@ class ScoringPipeline:
                      columns: dict[str, np.ndarray], card_features: np.ndarray) -> None:
         assert self.features is not None and self.scorer is not None
         assert self.feature_log is not None
+        assert self.router is not None and self.watermark is not None
         times = columns["event_time"]
         weekend, night = transaction_flags_batch(times)
         features_in = np.column_stack([columns["amount"], weekend, night, card_features])
@@ -378,6 +380,7 @@ class ScoringPipeline:
         if self._one_round_trip:
             # The card push, the route, the label watermark and the terminals' label
             # arrays: one Redis round trip a batch.
+            assert isinstance(self.features, FastOnlineFeatures)  # only it has serves()
             (route_raw, marks, marked), labels = self.features.scoring_round_trip(
                 [(b"HMGET", self.router.key, *ROUTE_FIELDS),
                  (b"HGETALL", self.watermark.key), (b"HLEN", self.labels_marks_key)],

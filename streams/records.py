@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -314,7 +315,7 @@ _SCORE = ('{"v": %d, "tx_id": %d, "card_id": %d, "event_time": %r, "score": %r, 
 
 
 def encode_scores(tx_id: np.ndarray, card_id: np.ndarray, event_time: np.ndarray,
-                  score: np.ndarray, decision: list[str], model_version: int,
+                  score: np.ndarray, decision: Sequence[str], model_version: int,
                   latency_ms: np.ndarray) -> list[bytes]:
     """``Score(...).to_json()`` of each row, without building the records."""
     template = _SCORE

@@ -66,8 +66,8 @@ class ModelRouter:
         self.acks_key = f"{self.key}:acks"
         self.lock_key = f"{self.key}:lock"
         self.ack_ttl_s = ack_ttl_s
-        self._set = self.client.register_script(_SET_ROUTE)
-        self._release = self.client.register_script(_RELEASE)
+        self._set = self.client.register_script(_SET_ROUTE)  # type: ignore[misc]  # redis-py types register_script's self as Redis only; RedisCluster has it too
+        self._release = self.client.register_script(_RELEASE)  # type: ignore[misc]  # redis-py types register_script's self as Redis only; RedisCluster has it too
 
     @contextmanager
     def lock(self, holder: str, ttl_s: float = 1800.0) -> Iterator[None]:
@@ -90,7 +90,7 @@ class ModelRouter:
 
     def route(self) -> Route | None:
         """The current route; ``None`` before any was set."""
-        return self.parse_route(self.client.hmget(self.key, ROUTE_FIELDS))
+        return self.parse_route(self.client.hmget(self.key, ROUTE_FIELDS))  # type: ignore[arg-type]  # redis-py types sync replies as Awaitable | T
 
     @staticmethod
     def parse_route(values: list[bytes | None]) -> Route | None:
@@ -123,7 +123,8 @@ class ModelRouter:
     def acknowledgements(self) -> dict[str, tuple[int, float]]:
         """Each worker's acknowledged generation and when it said so (Unix s)."""
         out = {}
-        for worker, value in self.client.hgetall(self.acks_key).items():
+        acks: dict[bytes, bytes] = self.client.hgetall(self.acks_key)  # type: ignore[assignment]  # redis-py types sync replies as Awaitable | T
+        for worker, value in acks.items():
             generation, _, at = value.decode().partition(":")
             out[worker.decode()] = (int(generation), float(at))
         return out

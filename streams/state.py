@@ -145,17 +145,21 @@ class ChangelogState:
                 for message in consumer.consume(10_000, 0.05):
                     if message.error() is not None:
                         raise KafkaException(message.error())
-                    p = message.partition()
-                    table = self.partitions[p]
-                    key = int(message.key())
+                    partition, offset, raw_key = (message.partition(), message.offset(),
+                                                  message.key())
+                    # A record without an error has a partition and an offset; every
+                    # changelog record has a key.
+                    assert partition is not None and offset is not None and raw_key is not None
+                    table = self.partitions[partition]
+                    key = int(raw_key)
                     value = message.value()
                     if value is None:
                         table.pop(key, None)
                     else:
                         table[key] = value
                     records += 1
-                    if p in ends and message.offset() >= ends[p] - 1:
-                        del ends[p]
+                    if partition in ends and offset >= ends[partition] - 1:
+                        del ends[partition]
             self.restored_records += records
             log.info("restored %s partitions %s: %d records, %d keys, %.2f s", self.topic,
                      wanted, records, sum(len(self.partitions[p]) for p in wanted),

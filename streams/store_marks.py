@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 
-import redis
+from streams.redis_conn import Client
 
 
 def marks_key(group: str) -> str:
@@ -28,7 +28,7 @@ def marks_key(group: str) -> str:
 class StoreMarks:
     """One group's marks: a field a partition, set once the partition's state is pushed."""
 
-    def __init__(self, client: redis.Redis, group: str) -> None:
+    def __init__(self, client: Client, group: str) -> None:
         self.client = client
         self.key = marks_key(group)
 
@@ -36,7 +36,7 @@ class StoreMarks:
         """The partitions of ``partitions`` whose state is not marked as in the store."""
         if not partitions:
             return []
-        found = self.client.hmget(self.key, [str(p) for p in partitions])
+        found: list[bytes | None] = self.client.hmget(self.key, [str(p) for p in partitions])  # type: ignore[assignment]  # redis-py types sync replies as Awaitable | T
         return [p for p, value in zip(partitions, found, strict=True) if value is None]
 
     def mark(self, partition: int, who: str) -> None:
@@ -44,4 +44,4 @@ class StoreMarks:
         self.client.hset(self.key, str(partition), f"{who} at {time.time():.3f}")
 
     def count(self) -> int:
-        return int(self.client.hlen(self.key))
+        return int(self.client.hlen(self.key))  # type: ignore[arg-type]  # redis-py types sync replies as Awaitable | T

@@ -266,7 +266,8 @@ def terminal_features_batch(arrays: list[tuple[np.ndarray, np.ndarray, np.ndarra
             scalar[suspect] = _late(known_at, starts, lengths, terminal[suspect],
                                     high[suspect], t[suspect])
     for i in np.flatnonzero(scalar).tolist():
-        features[i] = terminal_window_features(*arrays[terminal[i]], float(t[i]), delay_days)
+        features[i] = terminal_window_features(*arrays[int(terminal[i])], float(t[i]),
+                                               delay_days)
     return features
 
 

@@ -28,7 +28,7 @@ class LabelWatermark:
         self.client = connect(redis_url)
         self.key = f"factory:label-watermark:{group}"
         self.partitions = partitions
-        self._advance = self.client.register_script(_ADVANCE)
+        self._advance = self.client.register_script(_ADVANCE)  # type: ignore[misc]  # redis-py types register_script's self as Redis only; RedisCluster has it too
 
     def advance(self, partition: int, known_at: float) -> None:
         self._advance(keys=[self.key], args=[str(partition), repr(float(known_at))])
@@ -47,7 +47,7 @@ class LabelWatermark:
 
     def current(self) -> float | None:
         """The smallest mark over all partitions; ``None`` until each has one."""
-        return self.parse(self.client.hgetall(self.key))
+        return self.parse(self.client.hgetall(self.key))  # type: ignore[arg-type]  # redis-py types sync replies as Awaitable | T
 
     def parse(self, marks: dict[bytes, bytes]) -> float | None:
         """:meth:`current` from the ``HGETALL`` of :attr:`key` (for callers that batch it
