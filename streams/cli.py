@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--explore-share", type=float, default=0.1,
                      help="share of the reviews spent on cards the model is unsure about "
                           "or drawn at random (with --feedback)")
+    run.add_argument("--follow-up-days", type=float, default=2.0,
+                     help="while a drift persists, retrain every this many event days")
     run.add_argument("--keep-up", action="store_true", help="leave the services running")
     commands.add_parser("worker", help="run one stream worker (see factory worker --help)")
     commands.add_parser("replay", help="replay a dataset (see factory replay --help)")
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                             seconds_per_day=args.seconds_per_day, parquet=args.parquet,
                             first_model_end_day=args.first_model_days,
                             compare_from_day=args.compare_from_day, clock=args.clock,
-                            explore_share=args.explore_share)
+                            explore_share=args.explore_share,
+                            follow_up_days=args.follow_up_days)
             modes = [m.strip() for m in args.feedback.split(",") if m.strip()]
             if not modes or set(modes) - {"off", "on"}:
                 parser.error("--feedback is off, on or off,on")

@@ -28,6 +28,7 @@ from infra.local.manager import Stack
 from streams.clients import consume, topic_end_offsets
 from streams.job import TRITON_REPO, load_model, log, reset_online_store, stage_seconds
 from streams.records import Score
+from streams.retrain_policy import TriggerPolicy
 from streams.router import ModelRouter
 from streams.settings import Settings
 from streams.topics import FEEDBACK, LABELS, MODEL_EVENTS, SCORES
@@ -50,6 +51,8 @@ class LoopSize:
     valid_days: int = 2
     retrain_epochs: int = 10
     retrain_weeks: int = 3
+    # While a drift persists, a retraining every this many event days (TriggerPolicy).
+    follow_up_days: float = 2.0
     seed: int = 0
     # A team's own transactions instead of the simulator (the replay's columns), and the
     # day from which served and frozen scores are compared (default: the first model's end).
@@ -190,6 +193,7 @@ def run_loop(size: LoopSize | None = None, *, settings: Settings | None = None,
         config = RetrainerConfig(
             feature_log=run_dir / "feature_log", repo_dir=triton_repo,
             gate_days=size.gate_days, valid_days=size.valid_days, swap=swap,
+            trigger=TriggerPolicy(follow_up_days=size.follow_up_days),
             recipe=dataclasses.replace(DEFAULT_RECIPE, max_epochs=size.retrain_epochs,
                                        patience=2, train_weeks=size.retrain_weeks))
         retrainer = connect(config, settings, kafka=endpoints.kafka,
