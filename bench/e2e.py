@@ -3,7 +3,7 @@
     python -m bench.e2e [--events N] [--seconds S] [--warmup S] [--rate R] [--quick]
 
 Starts its own Kafka, Redis and Triton (free ports, a temporary state folder), trains
-and publishes a model as the main job does (:func:`streams.job.ensure_first_model`, the
+and publishes a model as the main job does (:func:`streams.jobs.job.ensure_first_model`, the
 recipe on a small simulated world), loads it, then streams the handbook's simulated
 transactions (the cached main dataset, in event-time order) with their labels, each
 label sent once the stream's event clock passes its ``known_at`` (as the replay
@@ -64,12 +64,18 @@ from bench.common import (
 from bench.profile import Sampler, profile_report, py_spy
 from infra.local.base import free_port
 from infra.local.manager import Stack
-from streams.clients import producer, topic_end_offsets
-from streams.job import JobSize, ensure_first_model, load_model, reset_online_store, stage_seconds
-from streams.replay import Dataset, LabelSchedule
+from streams.clients.kafka_io import producer, topic_end_offsets
+from streams.dataplane.worker import WorkerProcess
+from streams.jobs.job import (
+    JobSize,
+    ensure_first_model,
+    load_model,
+    reset_online_store,
+    stage_seconds,
+)
+from streams.replay.dataset import Dataset, LabelSchedule
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import LABELS, SCORES, TRANSACTIONS
-from streams.worker import WorkerProcess
 
 RESULTS = REPO_ROOT / "bench" / "results"
 CHUNK = 20_000

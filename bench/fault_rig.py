@@ -114,7 +114,7 @@ class Injected:
 def inject(kafka: str, settings: Settings, rate: float, stop: threading.Event,
            injected: Injected, seed: int = 0) -> None:
     """Produce malformed events (and valid ones with unknown fields) at ``rate`` a second."""
-    from streams.clients import producer
+    from streams.clients.kafka_io import producer
 
     client = producer(kafka, settings, **{"linger.ms": 5})
     rng = random.Random(seed)
@@ -166,7 +166,7 @@ class Rig:
         self.tmpfs: Path | None = None
 
     def factory(self, *argv: str, timeout: float = 600) -> str:
-        result = subprocess.run([sys.executable, "-m", "streams.cli", *argv], cwd=REPO_ROOT,
+        result = subprocess.run([sys.executable, "-m", "streams.jobs.cli", *argv], cwd=REPO_ROOT,
                                 env=self.env, text=True, capture_output=True, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(f"factory {' '.join(argv)} failed: {result.stderr[-2000:]}")
@@ -174,7 +174,7 @@ class Rig:
 
     def start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         out = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], cwd=REPO_ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "streams.jobs.cli", *argv], cwd=REPO_ROOT,
                                 env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs.append(proc)
@@ -216,7 +216,7 @@ class Rig:
                 proc.wait(90)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run([sys.executable, "-m", "streams.cli", "down"], cwd=REPO_ROOT,
+        subprocess.run([sys.executable, "-m", "streams.jobs.cli", "down"], cwd=REPO_ROOT,
                        env=self.env, capture_output=True, timeout=180)
         if self.tmpfs is not None:
             subprocess.run(["umount", "-l", str(self.tmpfs)], capture_output=True)

@@ -98,8 +98,8 @@ def run(plan: Plan, tmp: Path) -> dict[str, Any]:
     """The whole fault run; returns the report."""
     from models.extra_features import add_model_features
     from models.simulator import simulate
-    from streams.producer import ReplayOptions, replay
-    from streams.replay import Dataset
+    from streams.replay.dataset import Dataset
+    from streams.replay.producer import ReplayOptions, replay
 
     rig = Rig(tmp)
     records: list[FaultRecord] = []
@@ -183,7 +183,7 @@ def _wait_ready(rig: Rig, serve: subprocess.Popen[bytes]) -> None:
 
 
 def _read_to_end(kafka: str, settings: Settings, topic: str) -> list[Any]:
-    from streams.clients import consume, topic_end_offsets
+    from streams.clients.kafka_io import consume, topic_end_offsets
 
     ends = topic_end_offsets(kafka, settings, topic)
     total = sum(ends.values())
@@ -194,8 +194,8 @@ def _read_to_end(kafka: str, settings: Settings, topic: str) -> list[Any]:
 def _verify(rig: Rig, frame: pd.DataFrame, injected: Injected, records: list[FaultRecord],
             watch: Watch, end: float) -> dict[str, Any]:
     from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES
-    from streams.deadletter import read_headers
-    from streams.feature_log import read_feature_log, wait_for_feature_log
+    from streams.dataplane.deadletter import read_headers
+    from streams.dataplane.feature_log import read_feature_log, wait_for_feature_log
 
     kafka, settings = rig.endpoints["kafka"], rig.settings
     valid = set(frame["TRANSACTION_ID"].tolist()) | injected.extra_valid

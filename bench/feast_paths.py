@@ -5,8 +5,8 @@
 
 Starts its own ``redis-server`` on a free port (stopped at the end), applies the feature
 repository to it, and times each operation of the worker through
-:class:`streams.feast_client.OnlineFeatures` (the SDK: ``store.push`` and
-``get_online_features``) and :class:`streams.feast_fast.FastOnlineFeatures`, for each
+:class:`streams.clients.feast_client.OnlineFeatures` (the SDK: ``store.push`` and
+``get_online_features``) and :class:`streams.clients.feast_fast.FastOnlineFeatures`, for each
 batch size: card pushes and reads (6 scalars), terminal pushes (6 scalars and 3 label
 arrays of ``--labels`` elements), terminal label reads and terminal scalar reads. Each
 call is repeated for at least ``--min-time`` seconds, in five windows of which the fastest
@@ -128,8 +128,8 @@ def operations(features: Any, ids: np.ndarray, labels: int, rng: np.random.Gener
 
 def run(url: str, batches: list[int], min_time: float, labels: int,
         skip_dedup: bool | None) -> tuple[list[dict[str, Any]], bool]:
-    from streams.feast_client import OnlineFeatures, apply_repo, open_store
-    from streams.feast_fast import FastOnlineFeatures
+    from streams.clients.feast_client import OnlineFeatures, apply_repo, open_store
+    from streams.clients.feast_fast import FastOnlineFeatures
 
     apply_repo(url)
     store = open_store(url)

@@ -40,7 +40,7 @@ import numpy as np
 from faust.serializers import codecs
 
 from bench.model_quality import handbook_frame
-from streams.features import (
+from streams.dataplane.features import (
     CARD_RETENTION_S,
     DAY,
     HORIZON_DAYS,

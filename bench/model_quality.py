@@ -90,7 +90,7 @@ def feature_log_frame(
     and original TRANSACTION_ID (see the module docstring); with them the ids, days and
     cards are the log's own and the oracle's scenario column is missing.
     """
-    from streams.feature_log import read_feature_log
+    from streams.dataplane.feature_log import read_feature_log
 
     log = read_feature_log(log_dir)
     if log.empty:

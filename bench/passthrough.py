@@ -5,7 +5,7 @@
 The ceiling a Python Kafka worker can reach on this broker before it does anything: a
 plain confluent-kafka loop that reads micro-batches with ``Consumer.consume`` and hands
 every value, untouched, to ``Producer.produce``. An input topic is pre-filled with
-``--events`` transactions in the factory's own encoding (``streams/replay.py``: the bytes
+``--events`` transactions in the factory's own encoding (``streams/replay/dataset.py``: the bytes
 the scoring worker reads, keyed by card), with as many partitions as the factory's
 topics; each mode then reads all of it with a fresh consumer group from the earliest
 offset into a fresh output topic, committing offsets every ``--commit-every`` events
@@ -54,7 +54,7 @@ from bench.common import (
     write_report,
 )
 from infra.local.manager import Stack
-from streams.replay import Dataset
+from streams.replay.dataset import Dataset
 from streams.settings import REPO_ROOT, Settings
 
 RESULTS = REPO_ROOT / "bench" / "results" / "passthrough.json"

@@ -3,7 +3,7 @@
     python -m bench.producer [--rows N] [--bootstrap HOST:PORT] [--no-labels-run]
 
 Replays the full simulated dataset (cached under ``.factory/cache/``; ``--rows N`` takes
-the first N rows) with :func:`streams.producer.replay` at ``--speed max`` into two fresh
+the first N rows) with :func:`streams.replay.producer.replay` at ``--speed max`` into two fresh
 topics, which are deleted afterwards, then writes ``bench/results/producer.json`` and
 prints a table. Kafka is ``--bootstrap``, else the settings' or the local stack's.
 
@@ -35,8 +35,8 @@ from bench.common import (
     utc_date,
     write_report,
 )
-from streams.producer import ReplayOptions, ensure_replay_topics, replay, resolve_bootstrap
-from streams.replay import Dataset
+from streams.replay.dataset import Dataset
+from streams.replay.producer import ReplayOptions, ensure_replay_topics, replay, resolve_bootstrap
 from streams.settings import REPO_ROOT, Settings
 
 RESULTS = REPO_ROOT / "bench" / "results" / "producer.json"

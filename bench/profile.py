@@ -5,7 +5,7 @@ phase lasts and writes the raw stacks (one line a distinct stack: ``frame;frame;
 count``, the leaf last). :func:`summarise` turns them into where the Python time went:
 
 * ``by_area``: each sample's leaf frame grouped by what it belongs to: a module of this
-  project (``streams.pipeline``), or a library's top-level package (``aiokafka``,
+  project (``streams.dataplane.pipeline``), or a library's top-level package (``aiokafka``,
   ``faust``, ``asyncio``);
 * ``by_stage``: each sample attributed to the innermost frame of a project function that
   is on its stack (the project code that caused it, libraries included);
@@ -74,7 +74,8 @@ def parse_frame(frame: str) -> tuple[str, str]:
 
 
 def module_of(path: str) -> str:
-    """A project module (``streams.pipeline``) or a library's top package (``aiokafka``)."""
+    """A project module (``streams.dataplane.pipeline``) or a library's top package
+    (``aiokafka``)."""
     parts = Path(path).with_suffix("").parts
     if "site-packages" in parts:
         rest = parts[parts.index("site-packages") + 1:]

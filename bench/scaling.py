@@ -52,12 +52,12 @@ from bench.common import (
 from bench.e2e import Feed, cpu, per_event, read_back
 from infra.local.base import free_port
 from infra.local.manager import Stack
-from streams.clients import pin_new_group, topic_end_offsets
-from streams.job import JobSize, ensure_first_model, load_model, reset_online_store
-from streams.replay import Dataset
+from streams.clients.kafka_io import pin_new_group, topic_end_offsets
+from streams.dataplane.worker import WorkerProcess
+from streams.jobs.job import JobSize, ensure_first_model, load_model, reset_online_store
+from streams.replay.dataset import Dataset
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import SCORES, TRANSACTIONS
-from streams.worker import WorkerProcess
 
 RESULTS = REPO_ROOT / "bench" / "results"
 PROJECTED_CORES = (2, 8, 16, 32, 64)

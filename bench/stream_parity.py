@@ -3,7 +3,7 @@
     python -m bench.stream_parity [--days 183] [--customers 5000] [--terminals 10000]
                                   [--keep-log DIR]
 
-Runs the main job (``streams.job.run``) on its own fresh services (free ports, a
+Runs the main job (``streams.jobs.job.run``) on its own fresh services (free ports, a
 temporary state folder): 183 simulated days, 1,754,155 transactions and their labels
 replayed in strict mode through a labels worker and a scoring worker; every scored
 transaction's served features are compared with the batch reference. Writes
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench.common import STACK_PORTS, command_line, isolated_settings, model_repository
-from streams.job import JobSize, run
+from streams.jobs.job import JobSize, run
 from streams.settings import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results" / "stream_parity.json"

@@ -353,7 +353,7 @@ def start_triton(work: Path, config: ModelConfig, kind: ModelKind,
                  queue_delay_us: int | None = None) -> tuple[Stack, Target]:
     """Publish a model into a repository copy and start a Triton over it on free ports;
     with ``queue_delay_us``, the copy's dynamic batcher waits that long for a fuller batch."""
-    from streams.job import load_model
+    from streams.jobs.job import load_model
 
     repo = work / "triton_repo"
     version_dir, model = publish_model(repo, config.n_features, kind)

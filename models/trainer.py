@@ -46,7 +46,7 @@ FRAME_COLUMNS = ("TX_DATETIME", "TX_TIME_DAYS", "CUSTOMER_ID", TARGET_COLUMN)
 """Columns :func:`train_version` needs besides the recipe's features."""
 
 # Feature-log columns are named as the feature service names them, ``<view>__<field>``
-# (``streams.feast_client.model_feature_order``); the batch columns prefix the entity.
+# (``streams.clients.feast_client.model_feature_order``); the batch columns prefix the entity.
 _VIEW_PREFIXES = {"card_activity": "CUSTOMER_ID_", "terminal_risk": "TERMINAL_ID_"}
 
 
@@ -372,7 +372,7 @@ def recent_rows(path: Path | str, since: float, recipe: Recipe = DEFAULT_RECIPE
     """The logged rows from event time ``since`` on, labelled or not, with
     ``recipe.features``: after a gate window, the traffic whose labels have not
     matured, which no challenger has trained on (the score's reference)."""
-    from streams.feature_log import read_feature_log
+    from streams.dataplane.feature_log import read_feature_log
 
     day = pd.Timestamp(since, unit="s").strftime("%Y-%m-%d")
     log = read_feature_log(Path(path), since_date=day)
@@ -417,7 +417,7 @@ def frame_from_feature_log(
     ValueError
         When the log is empty or lacks some of the recipe's features.
     """
-    from streams.feature_log import read_feature_log, with_matured_labels
+    from streams.dataplane.feature_log import read_feature_log, with_matured_labels
 
     log = read_feature_log(Path(path))
     if log.empty:

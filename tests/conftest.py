@@ -57,8 +57,8 @@ def publish_test_model(repo: Path, version: int, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    from streams.feast_client import apply_repo
-    from streams.job import load_model
+    from streams.clients.feast_client import apply_repo
+    from streams.jobs.job import load_model
 
     state = tmp_path_factory.mktemp("factory-state")
     repo = tmp_path_factory.mktemp("triton-repo")
@@ -89,7 +89,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 @pytest.fixture
 def worker_factory(live_stack: LiveStack, tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Start workers with a fresh consumer group each; all are stopped after the test."""
-    from streams.worker import WorkerProcess
+    from streams.dataplane.worker import WorkerProcess
 
     started: list[WorkerProcess] = []
 

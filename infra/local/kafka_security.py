@@ -49,7 +49,7 @@ APP_PREFIXES = ("fraud-factory", "factory-", "loop-")
 the retrainer's ``factory-retrainer``), and so do their own topics: changelogs
 (``<app-id>-card-state-changelog``) and Faust's ``<app-id>-__assignor-__leader``."""
 READER_GROUP_PREFIXES = ("reader-", "offsets-")
-"""The groups of ``streams.clients.consume`` and ``topic_end_offsets`` (assigned
+"""The groups of ``streams.clients.kafka_io.consume`` and ``topic_end_offsets`` (assigned
 readers: they fetch and commit nothing through the group)."""
 
 TOPIC_OPERATIONS = ("CREATE", "DESCRIBE", "DESCRIBE_CONFIGS", "READ", "WRITE")

@@ -89,7 +89,7 @@ class Stack:
                     model_repository=triton_repo or settings.triton_repo,
                 )
         # The scoring worker's metrics port and the labels worker's after it (the
-        # workers' defaults, streams/worker.py).
+        # workers' defaults, streams/dataplane/worker.py).
         targets = {"factory-worker": [f"127.0.0.1:{settings.worker_metrics_port + i}"
                                       for i in (0, 1)]}
         if self.tritons:

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.deploy_init import parser as init_parser
+from streams.dataplane.worker import role_defaults
+from streams.jobs.deploy_init import parser as init_parser
 from streams.settings import REPO_ROOT, Settings
-from streams.worker import role_defaults
 
 COMPOSE = REPO_ROOT / "infra" / "compose"
 VARIANTS = {"gpu": ["compose.yaml"], "cpu": ["compose.yaml", "compose.cpu.yaml"]}

@@ -33,7 +33,7 @@ def sample_names(registry: CollectorRegistry) -> set[str]:
 
 def worker_names() -> set[str]:
     """Every sample name a stream worker exports."""
-    from streams.metrics import WorkerMetrics
+    from streams.dataplane.metrics import WorkerMetrics
 
     return sample_names(WorkerMetrics().registry)
 
@@ -41,8 +41,8 @@ def worker_names() -> set[str]:
 def retrainer_names() -> set[str]:
     """Every sample name the retrainer (its drift monitors too) and the serving guard
     export."""
-    from streams.model_events import RetrainerMetrics
-    from streams.serving_guard import GuardMetrics
+    from streams.lifecycle.model_events import RetrainerMetrics
+    from streams.lifecycle.serving_guard import GuardMetrics
 
     retrainer = CollectorRegistry()
     RetrainerMetrics(retrainer)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from streams.clients import produce, topic_end_offsets
+from streams.clients.kafka_io import produce, topic_end_offsets
 from streams.topics import SCORES
 from tests.infra.test_dashboard import NAME, TRITON_METRICS, queries, retrainer_names
 from tests.streams.test_worker import BAD_EVENTS, make_transactions, wait_for_scores

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from infra import deploy_assets
-from streams.deploy_init import CONFIGS
-from streams.deploy_init import parser as init_parser
+from streams.dataplane.worker import role_defaults
+from streams.jobs.deploy_init import CONFIGS
+from streams.jobs.deploy_init import parser as init_parser
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import LABELS, TRANSACTIONS
-from streams.worker import role_defaults
 from tests.infra.strimzi_schemas import validate_strimzi
 
 K8S = REPO_ROOT / "infra" / "k8s"
@@ -353,7 +353,7 @@ def test_every_factory_pod_and_feast_name_the_same_redis(overlay: str) -> None:
     Redis is left, every factory pod's REDIS_URL is redis+cluster:// to the cluster's
     Service, Feast's configuration says redis_cluster, and the Job that forms the cluster
     joins every pod of it."""
-    from streams.redis_conn import is_cluster
+    from streams.clients.redis_conn import is_cluster
 
     sets, services = objects(overlay, "StatefulSet"), objects(overlay, "Service")
     cluster = "redis-cluster" in sets

@@ -42,7 +42,7 @@ from infra.local.kafka_security import (
 )
 from infra.local.manager import Endpoints, Stack
 from infra.local.redis import RedisService
-from streams.feast_client import feast_redis_connection
+from streams.clients.feast_client import feast_redis_connection
 from streams.settings import REPO_ROOT, Secret, Settings
 from tests.streams.factory_shell import Shell, shell_env, wait_ready
 
@@ -132,7 +132,7 @@ def test_the_factory_user_gets_its_topics_and_prefixes_and_nothing_cluster_wide(
 
 
 def test_a_worker_asks_for_its_sources_outputs_changelogs_and_groups() -> None:
-    from streams.app import WorkerConfig, kafka_needs
+    from streams.dataplane.app import WorkerConfig, kafka_needs
 
     config = WorkerConfig("k", "r", "t", Settings(), app_id="fraud-factory", role="score")
     needs = kafka_needs(config)
@@ -209,7 +209,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         yield Secured(shell, tmp, settings, endpoints, outputs=[out])
     finally:
         shell.stop_all()
-        subprocess.run([sys.executable, "-m", "streams.cli", "down"], cwd=REPO_ROOT,
+        subprocess.run([sys.executable, "-m", "streams.jobs.cli", "down"], cwd=REPO_ROOT,
                        env=env, capture_output=True, timeout=120)
 
 
@@ -221,7 +221,7 @@ class FactoryRun:
 
 def read_all(secured: Secured, topic: str) -> list:
     """Every record on ``topic`` now."""
-    from streams.clients import consume, topic_end_offsets
+    from streams.clients.kafka_io import consume, topic_end_offsets
 
     ends = topic_end_offsets(secured.endpoints.kafka, secured.settings, topic)
     return consume(secured.endpoints.kafka, secured.settings, topic, timeout_s=60,
@@ -238,7 +238,7 @@ def factory_run(secured: Secured) -> FactoryRun:
     """The factory on the secured stack: a model trained and served, both workers, the
     retrainer, transactions replayed and scored, a bad one dead-lettered, and a second
     version promoted (model events)."""
-    from streams.clients import consume, produce
+    from streams.clients.kafka_io import consume, produce
 
     s = secured
     train = ["model", "train", "--customers", "200", "--terminals", "400", "--days", "45"]
@@ -364,7 +364,7 @@ def test_the_factory_user_has_exactly_its_acls_and_no_acl_means_no_access(
 
 def _worker(secured: Secured, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "worker", "--role", "score",
+        [sys.executable, "-m", "streams.jobs.cli", "worker", "--role", "score",
          "--metrics-port", str(free_port())],
         cwd=REPO_ROOT, env={**secured.shell.env, **env}, capture_output=True, text=True,
         timeout=120)

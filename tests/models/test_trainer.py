@@ -24,8 +24,8 @@ from models.trainer import (
     weights_path,
 )
 from models.triton_config import ConfigError
-from streams.cli import main
-from streams.feature_log import FeatureLog
+from streams.dataplane.feature_log import FeatureLog
+from streams.jobs.cli import main
 
 FAST = Recipe(train_weeks=3, hidden=(16,), n_bins=4, n_members=1, max_epochs=3, patience=2)
 END = "2018-05-31"

@@ -28,14 +28,14 @@ class Shell:
         self.background: list[subprocess.Popen[bytes]] = []
 
     def __call__(self, *argv: str, timeout: float = 300) -> str:
-        result = subprocess.run([sys.executable, "-m", "streams.cli", *argv], cwd=REPO_ROOT,
+        result = subprocess.run([sys.executable, "-m", "streams.jobs.cli", *argv], cwd=REPO_ROOT,
                                 env=self.env, text=True, capture_output=True, timeout=timeout)
         assert result.returncode == 0, (argv, result.stdout[-3000:], result.stderr[-3000:])
         return result.stdout
 
     def start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *argv], cwd=REPO_ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "streams.jobs.cli", *argv], cwd=REPO_ROOT,
                                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.background.append(proc)
@@ -78,7 +78,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 def read_scores(kafka: str, wanted: int, timeout_s: float) -> list[dict]:
     """Every record on ``scores`` (a fresh stack: nothing else wrote there), in offset
     order a partition, until ``wanted`` distinct transactions are seen."""
-    from streams.clients import consume
+    from streams.clients.kafka_io import consume
     from streams.settings import Settings
 
     seen: set[int] = set()
@@ -103,5 +103,5 @@ def shell(tmp_path: Path) -> Iterator[Shell]:
         yield shell
     finally:
         shell.stop_all()
-        subprocess.run([sys.executable, "-m", "streams.cli", "down"], cwd=REPO_ROOT,
+        subprocess.run([sys.executable, "-m", "streams.jobs.cli", "down"], cwd=REPO_ROOT,
                        env=shell.env, capture_output=True, timeout=120)

@@ -13,8 +13,8 @@ import threading
 
 import pandas as pd
 
-from streams.producer import ReplayOptions, replay
-from streams.replay import Dataset
+from streams.replay.dataset import Dataset
+from streams.replay.producer import ReplayOptions, replay
 from streams.settings import Settings
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.clients import Received, consume, topic_end_offsets
+from streams.clients.kafka_io import Received, consume, topic_end_offsets
 from streams.settings import Settings
 
 
@@ -39,7 +39,7 @@ def read_to_end(bootstrap: str, settings: Settings, topic: str,
     """Every record of ``topic`` from ``start`` up to the end offsets taken now.
 
     ``start`` maps each partition to its first offset to read (as
-    :func:`streams.clients.topic_end_offsets` gave before the test produced); without it
+    :func:`streams.clients.kafka_io.topic_end_offsets` gave before the test produced); without it
     a partition is read from its first stored offset. The records are checked to be the
     whole range: as many as the end offsets less the start offsets (the writers are
     idempotent, not transactional: every offset holds a record).

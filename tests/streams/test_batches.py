@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from streams.batches import BatchBuffer, RecordBatch
+from streams.dataplane.batches import BatchBuffer, RecordBatch
 
 
 def records(partition: int, offsets: range) -> list[SimpleNamespace]:

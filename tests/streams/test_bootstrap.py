@@ -40,7 +40,7 @@ def simulated_history(path: Path) -> pd.DataFrame:
 
 def test_load_history_gives_the_batch_reference_of_the_simulator(tmp_path: Path) -> None:
     from models.extra_features import MODEL_FEATURE_COLUMNS, add_model_features
-    from streams.bootstrap import load_history
+    from streams.jobs.bootstrap import load_history
 
     world = simulated_history(tmp_path / "history.parquet")
     loaded = load_history(tmp_path / "history.parquet", None, 7.0)
@@ -55,7 +55,7 @@ def test_bootstrap_then_serve_continues_the_history_with_the_batch_reference_fea
     shell: Shell, tmp_path: Path,
 ) -> None:
     from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES, add_model_features
-    from streams.feature_log import wait_for_feature_log
+    from streams.dataplane.feature_log import wait_for_feature_log
 
     world = simulated_history(tmp_path / "history.parquet")
     until = str((world["TX_DATETIME"].iloc[0].normalize() + pd.Timedelta(days=42)).date())

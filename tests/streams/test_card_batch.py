@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-import streams.card_batch as card_batch
-from streams.card_batch import update_card_histories
-from streams.features import CARD_DTYPE, DAY, card_entries, update_card_history
+import streams.dataplane.card_batch as card_batch
+from streams.dataplane.card_batch import update_card_histories
+from streams.dataplane.features import CARD_DTYPE, DAY, card_entries, update_card_history
 
 T0 = 1.5e9  # Unix seconds, mid 2017
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from streams.batches import BatchBuffer, RecordBatch
-from streams.checkpoint import BatchLoop
-from streams.metrics import WorkerMetrics
-from streams.offsets import SourceOffsets
-from streams.state import ChangelogState
+from streams.dataplane.batches import BatchBuffer, RecordBatch
+from streams.dataplane.checkpoint import BatchLoop
+from streams.dataplane.metrics import WorkerMetrics
+from streams.dataplane.offsets import SourceOffsets
+from streams.dataplane.state import ChangelogState
 
 
 def records(partition: int, offsets: range) -> RecordBatch:

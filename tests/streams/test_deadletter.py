@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.deadletter import dead_letter_headers, read_headers
+from streams.dataplane.deadletter import dead_letter_headers, read_headers
 from streams.records import Transaction, ValidationError
 
 

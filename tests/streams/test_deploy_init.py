@@ -11,7 +11,7 @@ import pytest
 
 from models.serving_configs import variant_path
 from models.triton_config import DEFAULT_CONFIG_PATH
-from streams.deploy_init import CONFIGS, write_model_config
+from streams.jobs.deploy_init import CONFIGS, write_model_config
 from streams.settings import REPO_ROOT
 
 
@@ -50,7 +50,7 @@ def test_init_prepares_a_deployment_and_a_second_run_changes_nothing(live_stack,
            "FACTORY_REGISTRY_DIR": str(tmp_path / "registry"),
            "FACTORY_PARTITIONS": str(live_stack.settings.partitions)}
     repo = tmp_path / "models"
-    argv = [sys.executable, "-m", "streams.cli", "init", "--triton-config", "onnxruntime-cpu",
+    argv = [sys.executable, "-m", "streams.jobs.cli", "init", "--triton-config", "onnxruntime-cpu",
             "--repo", str(repo), "--customers", "100", "--terminals", "200", "--days", "30"]
 
     first = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import redis
 
-from streams.feast_client import CARD_VIEW, TERMINAL_VIEW, OnlineFeatures, open_store
-from streams.feast_fast import LABEL_FIELDS, FastOnlineFeatures
-from streams.redis_conn import connect, is_cluster
+from streams.clients.feast_client import CARD_VIEW, TERMINAL_VIEW, OnlineFeatures, open_store
+from streams.clients.feast_fast import LABEL_FIELDS, FastOnlineFeatures
+from streams.clients.redis_conn import connect, is_cluster
 
 # Ids no other test uses: Feast's online state is shared by the whole session.
 BASE = 700_000_000

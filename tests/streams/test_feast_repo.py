@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.feast_client import feast_redis_connection, model_feature_order, open_store
+from streams.clients.feast_client import feast_redis_connection, model_feature_order, open_store
 from streams.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration

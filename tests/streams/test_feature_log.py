@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streams.feature_log import FeatureLog, read_feature_log, with_matured_labels
+from streams.dataplane.feature_log import FeatureLog, read_feature_log, with_matured_labels
 
 NAMES = ["tx_amount", "card_activity__nb_tx_1day"]
 

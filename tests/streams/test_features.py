@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from streams.features import (
+from streams.dataplane.features import (
     CARD_DTYPE,
     CARD_RETENTION_S,
     DAY,

@@ -7,9 +7,9 @@ import pandas as pd
 
 from models.recipe import WEIGHT_COLUMN
 from models.trainer import with_feedback
-from streams.feature_log import with_matured_labels
+from streams.dataplane.feature_log import with_matured_labels
+from streams.lifecycle.retrain_inputs import LabelBook
 from streams.records import Label
-from streams.retrain_inputs import LabelBook
 
 DAY = 86400.0
 

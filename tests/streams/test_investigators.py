@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.investigators import review_cards
+from streams.lifecycle.investigators import review_cards
 
 
 def _day(n_cards: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra.local.base import free_port, port_is_open
-from streams.job import JobSize, run
+from streams.jobs.job import JobSize, run
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import SCORES
 from tests.streams.sink_checks import read_when_services_stop, tx_ids

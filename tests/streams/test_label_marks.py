@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from streams.features import TERMINAL_DTYPE
-from streams.labels import LabelPipeline
-from streams.metrics import WorkerMetrics
+from streams.dataplane.features import TERMINAL_DTYPE
+from streams.dataplane.labels import LabelPipeline
+from streams.dataplane.metrics import WorkerMetrics
 
 
 class RecordedWatermark:

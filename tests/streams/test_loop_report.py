@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streams.loop_report import (
+from streams.jobs.loop_report import (
     evaluation_frame,
     loop_figures,
     plot_loop,
@@ -63,7 +63,7 @@ def test_served_beats_frozen_after_the_drift_and_the_report_says_so(tmp_path: Pa
 
 
 def test_the_seed_table_gives_each_world_and_the_mean_and_spread() -> None:
-    from streams.loop_report import seeds_markdown
+    from streams.jobs.loop_report import seeds_markdown
 
     def figures(served: float, frozen: float, promotions: int) -> dict:
         return {"adaptive_average_precision": served, "frozen_average_precision": frozen,
@@ -84,7 +84,7 @@ def test_the_seed_table_gives_each_world_and_the_mean_and_spread() -> None:
 def test_the_comparison_starts_at_the_drift_or_where_the_first_model_went_live() -> None:
     """A control run without drift (and a team's own data) is compared from the first
     model's last day, not from after the run's end (which left nothing to compare)."""
-    from streams.loop import LoopSize, drift_start_day
+    from streams.jobs.loop import LoopSize, drift_start_day
 
     assert drift_start_day(LoopSize(drift="card_testing:start=42,days=42,intensity=10")) == 42
     assert drift_start_day(LoopSize(drift="none", first_model_end_day=35)) == 35

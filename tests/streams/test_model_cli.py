@@ -13,14 +13,14 @@ import pytest
 import tritonclient.grpc as grpc
 
 from infra.local.base import free_port
-from streams.router import ModelRouter
-from streams.scoring import MODEL_NAME
+from streams.clients.router import ModelRouter
+from streams.dataplane.scoring import MODEL_NAME
 from streams.settings import REPO_ROOT
 
 
 def model_list(tmp_path: Path, **env: str) -> list[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "model", "list"], cwd=REPO_ROOT, text=True,
+        [sys.executable, "-m", "streams.jobs.cli", "model", "list"], cwd=REPO_ROOT, text=True,
         capture_output=True, timeout=120,
         env={**os.environ, "FACTORY_STATE_DIR": str(tmp_path / "state"),
              "FACTORY_REGISTRY_DIR": str(tmp_path / "registry"), **env})

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 import pytest
 
-from streams.batches import RecordBatch
-from streams.offsets import SourceOffsets
+from streams.dataplane.batches import RecordBatch
+from streams.dataplane.offsets import SourceOffsets
 
 
 class Events(RecordBatch):

@@ -9,8 +9,8 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.app import FactoryApp, WorkerConfig, source_offsets
-from streams.clients import produce
+from streams.clients.kafka_io import produce
+from streams.dataplane.app import FactoryApp, WorkerConfig, source_offsets
 
 pytestmark = pytest.mark.integration
 

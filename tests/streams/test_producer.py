@@ -19,10 +19,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from models.drift import DriftSpec, apply_drift
 from models.simulator import simulate
-from streams import clients, producer
-from streams.clients import topic_end_offsets
+from streams.clients import kafka_io as clients
+from streams.clients.kafka_io import topic_end_offsets
 from streams.records import Label, Transaction
-from streams.replay import (
+from streams.replay import producer
+from streams.replay.dataset import (
     Checkpoint,
     Dataset,
     DatasetError,
@@ -122,7 +123,7 @@ def test_label_schedule_orders_by_known_at() -> None:
 
 
 def test_a_replay_from_a_time_continues_one_that_stopped_before_it(frame: pd.DataFrame) -> None:
-    from streams.producer import start_at
+    from streams.replay.producer import start_at
 
     dataset = Dataset.from_frame(frame)
     schedule = LabelSchedule.build(dataset.event_time, dataset.delay_s)

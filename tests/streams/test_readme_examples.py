@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.clients import produce, topic_end_offsets
-from streams.feast_client import (
+from streams.clients.feast_client import (
     CARD_VIEW,
     TERMINAL_VIEW,
     OnlineFeatures,
     feast_redis_connection,
     open_store,
 )
+from streams.clients.kafka_io import produce, topic_end_offsets
 from streams.records import Score
 from streams.settings import REPO_ROOT
 from streams.topics import SCORES

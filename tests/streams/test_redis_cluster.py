@@ -14,10 +14,10 @@ import onnxruntime as ort
 import pytest
 
 from infra.local.base import free_port
-from streams.clients import produce, topic_end_offsets
-from streams.feast_client import CARD_VIEW, OnlineFeatures, open_store
+from streams.clients.feast_client import CARD_VIEW, OnlineFeatures, open_store
+from streams.clients.kafka_io import produce, topic_end_offsets
+from streams.dataplane.worker import WorkerProcess
 from streams.topics import SCORES
-from streams.worker import WorkerProcess
 from tests.streams.test_worker import (
     expected_features,
     label_terminals,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.feast_client import FEATURE_REPO, feast_redis_connection, open_store
-from streams.redis_conn import is_cluster, server_url
+from streams.clients.feast_client import FEATURE_REPO, feast_redis_connection, open_store
+from streams.clients.redis_conn import is_cluster, server_url
 
 
 @pytest.mark.parametrize(("url", "cluster", "plain"), [

@@ -41,11 +41,11 @@ def test_a_redis_restarted_empty_is_filled_again_before_scoring_and_features_sta
     from infra.local.manager import Stack
     from models.extra_features import add_model_features
     from models.simulator import simulate
-    from streams.producer import ReplayOptions, replay
-    from streams.replay import Dataset
-    from streams.router import ModelRouter
+    from streams.clients.router import ModelRouter
+    from streams.dataplane.store_marks import marks_key
+    from streams.replay.dataset import Dataset
+    from streams.replay.producer import ReplayOptions, replay
     from streams.settings import Settings
-    from streams.store_marks import marks_key
 
     shell("up")
     for name, value in shell.env.items():

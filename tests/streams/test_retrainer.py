@@ -24,14 +24,14 @@ from models.recipe import Recipe
 from models.registry import ModelVersion, Registry
 from models.trainer import frame_from_simulator, train_version
 from models.triton_config import MODEL_NAME
-from streams.clients import Received, consume, producer, topic_end_offsets
-from streams.feature_log import read_feature_log
-from streams.job import load_model
+from streams.clients.kafka_io import Received, consume, producer, topic_end_offsets
+from streams.clients.router import ModelRouter
+from streams.dataplane.feature_log import read_feature_log
+from streams.jobs.job import load_model
+from streams.lifecycle.retrain_policy import GateSplit, TriggerPolicy
+from streams.lifecycle.retrainer import Retrainer, RetrainerConfig, connect
+from streams.lifecycle.swap import SwapConfig, triton_ready_versions
 from streams.records import Score
-from streams.retrain_policy import GateSplit, TriggerPolicy
-from streams.retrainer import Retrainer, RetrainerConfig, connect
-from streams.router import ModelRouter
-from streams.swap import SwapConfig, triton_ready_versions
 from streams.topics import MODEL_EVENTS, SCORES, TRANSACTIONS
 from tests.streams.feeds import HeldReplay
 from tests.streams.sink_checks import assert_scored_once, read_to_end
@@ -414,7 +414,7 @@ def test_cli_runs_one_step_and_serves_its_metrics(
     import urllib.request
 
     from infra.local.base import free_port
-    from streams.cli import main
+    from streams.jobs.cli import main
 
     monkeypatch.setenv("FACTORY_STATE_DIR", str(live_stack.settings.state_dir))
     monkeypatch.setenv("FACTORY_REGISTRY_DIR", str(world.registry.root))

@@ -22,12 +22,12 @@ from models.registry import ModelVersion, Registry, Window
 from models.simulator import SECONDS_PER_DAY as DAY
 from models.trainer import frame_from_simulator, split_windows, train_version
 from models.triton_config import DEFAULT_CONFIG_PATH, MODEL_NAME
-from streams.champion import ChampionMonitor, profile_path
-from streams.feature_log import FeatureLog
-from streams.model_events import ALERTED_EVENTS, ModelEvents, RetrainerMetrics
-from streams.records import Label
-from streams.retrain_inputs import FeatureLogTail, LabelBook
-from streams.retrain_policy import (
+from streams.clients.router import Route
+from streams.dataplane.feature_log import FeatureLog
+from streams.lifecycle.champion import ChampionMonitor, profile_path
+from streams.lifecycle.model_events import ALERTED_EVENTS, ModelEvents, RetrainerMetrics
+from streams.lifecycle.retrain_inputs import FeatureLogTail, LabelBook
+from streams.lifecycle.retrain_policy import (
     DriftLatch,
     TriggerPolicy,
     TriggerState,
@@ -37,9 +37,9 @@ from streams.retrain_policy import (
     rollback_verdict,
     shadow_agreement,
 )
-from streams.retrainer import Retrainer, RetrainerConfig
-from streams.router import Route
-from streams.swap import SwapConfig, score_onnx
+from streams.lifecycle.retrainer import Retrainer, RetrainerConfig
+from streams.lifecycle.swap import SwapConfig, score_onnx
+from streams.records import Label
 
 LOG_FEATURES = [SERVING_NAMES[c] for c in DEFAULT_RECIPE.features]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.scoring import DecisionPolicy, ReviewBudget
+from streams.dataplane.scoring import DecisionPolicy, ReviewBudget
 
 DAY = 86400.0
 

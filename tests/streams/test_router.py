@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.router import ModelRouter
+from streams.clients.router import ModelRouter
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def test_drained_waits_for_every_live_worker_and_forgets_silent_ones(
 def test_one_swap_holds_the_route_at_a_time_and_a_dead_holders_lock_expires(
     router: ModelRouter,
 ) -> None:
-    from streams.router import RouteBusy
+    from streams.clients.router import RouteBusy
 
     with router.lock("swap 1 -> 2"):
         with pytest.raises(RouteBusy, match=r"swap 1 -> 2 \(pid"):

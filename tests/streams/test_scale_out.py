@@ -82,9 +82,9 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
 ) -> None:
     from models.extra_features import add_model_features
     from models.simulator import simulate
-    from streams.job import load_model
-    from streams.producer import ReplayOptions, replay
-    from streams.replay import Dataset
+    from streams.jobs.job import load_model
+    from streams.replay.dataset import Dataset
+    from streams.replay.producer import ReplayOptions, replay
     from streams.settings import Settings
 
     shell.env["FACTORY_PARTITIONS"] = str(PARTITIONS)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.scenario_table import SCENARIOS, plot_table, scenario_names, table_markdown
+from streams.jobs.scenario_table import SCENARIOS, plot_table, scenario_names, table_markdown
 
 
 def _figures(ap: float, recover: int | None, detection: float | None, alarms: int) -> dict:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from streams.records import Label, Score, Transaction, ValidationError, encode_scores
-from streams.replay import Dataset
+from streams.replay.dataset import Dataset
 from streams.schemas import TOPIC_SCHEMAS, load
 
 VALID = {

@@ -29,13 +29,13 @@ TOTAL = 16_000
 
 
 def _ready_versions(triton: str) -> list[int]:
-    from streams.swap import triton_ready_versions
+    from streams.lifecycle.swap import triton_ready_versions
 
     return triton_ready_versions(triton)
 
 
 def _model_events(kafka: str) -> list[dict]:
-    from streams.clients import consume, topic_end_offsets
+    from streams.clients.kafka_io import consume, topic_end_offsets
     from streams.settings import Settings
 
     ends = topic_end_offsets(kafka, Settings(), "model-events")
@@ -48,7 +48,7 @@ def test_serving_comes_back_by_itself_after_a_bare_triton_restart_and_a_lost_rou
     shell: Shell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from infra.local.manager import Stack
-    from streams.router import ModelRouter
+    from streams.clients.router import ModelRouter
     from streams.settings import Settings
 
     shell("up")

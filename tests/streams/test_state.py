@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.state import ChangelogState, changelog_topic, ensure_changelog
+from streams.dataplane.state import ChangelogState, changelog_topic, ensure_changelog
 
 
 def test_a_checkpoint_produces_one_record_a_changed_key_in_its_partition() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from streams.clients import consume, produce, topic_end_offsets
+from streams.clients.kafka_io import consume, produce, topic_end_offsets
 from streams.records import Label, Transaction
 from streams.topics import LABELS, SCORES
 

@@ -14,9 +14,9 @@ import torch
 
 from models.registry import Registry
 from models.triton_config import DEFAULT_CONFIG_PATH, MODEL_NAME, read_model_config
-from streams.model_events import ModelEvents
-from streams.router import Route
-from streams.swap import ModelSwapper, SwapConfig, SwapError
+from streams.clients.router import Route
+from streams.lifecycle.model_events import ModelEvents
+from streams.lifecycle.swap import ModelSwapper, SwapConfig, SwapError
 
 WIDTH = read_model_config(DEFAULT_CONFIG_PATH).input.dims[0]
 

@@ -3,8 +3,8 @@ No service: the feature log's shadow counts are a list."""
 
 from __future__ import annotations
 
-from streams.retrain_policy import ShadowStats
-from streams.swap import ModelSwapper, SwapConfig
+from streams.lifecycle.retrain_policy import ShadowStats
+from streams.lifecycle.swap import ModelSwapper, SwapConfig
 
 
 def _swapper(counts: list[int], config: SwapConfig) -> tuple[ModelSwapper, list[int]]:

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streams import terminal_batch
-from streams.features import (
+from streams.dataplane import terminal_batch
+from streams.dataplane.features import (
     DAY,
     TERMINAL_DTYPE,
     TERMINAL_RETENTION_S,
@@ -23,7 +23,7 @@ from streams.features import (
     terminal_window_features,
     update_terminal_history,
 )
-from streams.terminal_batch import terminal_features_batch, update_terminal_histories
+from streams.dataplane.terminal_batch import terminal_features_batch, update_terminal_histories
 
 DELAY = 7 * DAY
 T0 = 1_600_000_000.0  # 2020-09-13, a Sunday

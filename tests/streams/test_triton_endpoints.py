@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from streams.metrics import WorkerMetrics
-from streams.scoring import TritonScorer
-from streams.serving_guard import ServingGuard
-from streams.swap import ModelSwapper, SwapError, triton_loader, triton_ready_versions
-from streams.triton_fleet import EndpointPool, endpoint_label, triton_urls
+from streams.clients.triton_fleet import EndpointPool, endpoint_label, triton_urls
+from streams.dataplane.metrics import WorkerMetrics
+from streams.dataplane.scoring import TritonScorer
+from streams.lifecycle.serving_guard import ServingGuard
+from streams.lifecycle.swap import ModelSwapper, SwapError, triton_loader, triton_ready_versions
 from tests.streams.test_swap_contract import ServingRoute
 
 A, B, C = "10.0.0.1:8001", "10.0.0.2:8001", "10.0.0.3:8001"
@@ -94,7 +94,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     async def sleep(seconds: float) -> None:
         waited.append(seconds)
 
-    monkeypatch.setattr("streams.scoring.asyncio.sleep", sleep)
+    monkeypatch.setattr("streams.dataplane.scoring.asyncio.sleep", sleep)
     yield waited
 
 
@@ -319,7 +319,7 @@ def test_the_loader_asks_every_endpoint_even_when_one_fails(
         if url == A:
             raise RuntimeError("connection refused")
 
-    monkeypatch.setattr("streams.job.load_model", load_model)
+    monkeypatch.setattr("streams.jobs.job.load_model", load_model)
     load = triton_loader(f"{A},{B}", Path("repo"))
     with pytest.raises(RuntimeError, match=r"not loaded on 1 of 2 .*10\.0\.0\.1:8001"):
         load([2, 1])

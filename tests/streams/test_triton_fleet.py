@@ -42,7 +42,7 @@ def _consecutive_free_ports(count: int) -> int:
 
 
 def _ready(url: str) -> list[int]:
-    from streams.swap import triton_ready_versions
+    from streams.lifecycle.swap import triton_ready_versions
 
     try:
         return triton_ready_versions(url)
@@ -51,7 +51,7 @@ def _ready(url: str) -> list[int]:
 
 
 def _model_events(kafka: str) -> list[dict]:
-    from streams.clients import consume, topic_end_offsets
+    from streams.clients.kafka_io import consume, topic_end_offsets
     from streams.settings import Settings
 
     ends = topic_end_offsets(kafka, Settings(), "model-events")

@@ -12,10 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from streams.clients import Received, consume, produce, topic_end_offsets
-from streams.deadletter import read_headers
-from streams.feast_client import TERMINAL_VIEW, OnlineFeatures, open_store
-from streams.features import (
+from streams.clients.feast_client import TERMINAL_VIEW, OnlineFeatures, open_store
+from streams.clients.kafka_io import Received, consume, produce, topic_end_offsets
+from streams.dataplane.deadletter import read_headers
+from streams.dataplane.features import (
     DAY,
     terminal_window_features,
     transaction_flags,

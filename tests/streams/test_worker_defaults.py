@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from streams.app import WorkerConfig
+from streams.dataplane.app import WorkerConfig
+from streams.dataplane.worker import role_defaults
 from streams.settings import Settings
-from streams.worker import role_defaults
 
 
 def test_a_scoring_and_a_labels_worker_do_not_collide_by_default() -> None:
