@@ -65,17 +65,12 @@ from bench.profile import Sampler, profile_report, py_spy
 from infra.local.base import free_port
 from infra.local.manager import Stack
 from streams.clients.kafka_io import producer, topic_end_offsets
+from streams.clients.triton_models import load_model
 from streams.dataplane.worker import WorkerProcess
-from streams.jobs.job import (
-    JobSize,
-    ensure_first_model,
-    load_model,
-    reset_online_store,
-    stage_seconds,
-)
+from streams.jobs.job import JobSize, ensure_first_model, reset_online_store, stage_seconds
 from streams.replay.dataset import Dataset, LabelSchedule
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import LABELS, SCORES, TRANSACTIONS
+from streams.topics import LABELS, SCORES, TRANSACTIONS, kafka_layout
 
 RESULTS = REPO_ROOT / "bench" / "results"
 CHUNK = 20_000
@@ -304,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     repo = model_repository(work / "triton_repo")
     settings = isolated_settings(work / "state", STACK_PORTS)
-    stack = Stack(settings, triton_repo=repo)
+    stack = Stack(settings, kafka_layout(settings.partitions), triton_repo=repo)
     services = ["kafka", "redis", "triton"]
     workers: list[WorkerProcess] = []
     feed: Feed | None = None

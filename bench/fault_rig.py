@@ -186,8 +186,9 @@ class Rig:
 
     def service(self, name: str) -> Any:
         from infra.local.manager import Stack
+        from streams.topics import kafka_layout
 
-        return Stack(self.settings).services[name]
+        return Stack(self.settings, kafka_layout(self.settings.partitions)).services[name]
 
     def worker_pid(self, role: str) -> int:
         found = re.findall(rf"{role} worker (?:up|is up again) \(pid (\d+)",

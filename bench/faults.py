@@ -194,8 +194,8 @@ def _read_to_end(kafka: str, settings: Settings, topic: str) -> list[Any]:
 def _verify(rig: Rig, frame: pd.DataFrame, injected: Injected, records: list[FaultRecord],
             watch: Watch, end: float) -> dict[str, Any]:
     from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES
+    from models.feature_log import read_feature_log, wait_for_feature_log
     from streams.dataplane.deadletter import read_headers
-    from streams.dataplane.feature_log import read_feature_log, wait_for_feature_log
 
     kafka, settings = rig.endpoints["kafka"], rig.settings
     valid = set(frame["TRANSACTION_ID"].tolist()) | injected.extra_valid

@@ -62,7 +62,7 @@ from models.extra_features import (  # noqa: E402
     add_model_features,
     from_serving_names,
 )
-from models.recipe import prequential_quality, summarise  # noqa: E402
+from models.recipe_quality import prequential_quality, summarise  # noqa: E402
 from models.train import pick_device  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -90,7 +90,7 @@ def feature_log_frame(
     and original TRANSACTION_ID (see the module docstring); with them the ids, days and
     cards are the log's own and the oracle's scenario column is missing.
     """
-    from streams.dataplane.feature_log import read_feature_log
+    from models.feature_log import read_feature_log
 
     log = read_feature_log(log_dir)
     if log.empty:
@@ -99,7 +99,7 @@ def feature_log_frame(
     event_time = log["event_time"].to_numpy(np.float64).astype(np.int64)
     info: dict[str, Any] = {"path": str(log_dir), "log_rows": len(log)}
     if labels is not None:
-        from models.trainer import read_labels
+        from models.feature_log import read_labels
 
         known = read_labels(labels).drop_duplicates("tx_id").set_index("tx_id")["is_fraud"]
         found = log["tx_id"].isin(known.index).to_numpy()

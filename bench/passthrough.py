@@ -56,6 +56,7 @@ from bench.common import (
 from infra.local.manager import Stack
 from streams.replay.dataset import Dataset
 from streams.settings import REPO_ROOT, Settings
+from streams.topics import kafka_layout
 
 RESULTS = REPO_ROOT / "bench" / "results" / "passthrough.json"
 MODES = ("free", "flush-per-batch")
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if bootstrap is None:
                 settings = isolated_settings(Path(state), KAFKA_PORTS, base=base)
-                stack = Stack(settings)
+                stack = Stack(settings, kafka_layout(settings.partitions))
                 print("starting a Kafka broker ...", file=sys.stderr, flush=True)
                 bootstrap = stack.up(["kafka"], echo=False).kafka
             broker_pgid = stack.services["kafka"].pid() if stack is not None else None

@@ -35,8 +35,9 @@ from bench.common import (
     utc_date,
     write_report,
 )
+from streams.replay.cli import resolve_bootstrap
 from streams.replay.dataset import Dataset
-from streams.replay.producer import ReplayOptions, ensure_replay_topics, replay, resolve_bootstrap
+from streams.replay.producer import ReplayOptions, ensure_replay_topics, replay
 from streams.settings import REPO_ROOT, Settings
 
 RESULTS = REPO_ROOT / "bench" / "results" / "producer.json"

@@ -53,11 +53,12 @@ from bench.e2e import Feed, cpu, per_event, read_back
 from infra.local.base import free_port
 from infra.local.manager import Stack
 from streams.clients.kafka_io import pin_new_group, topic_end_offsets
+from streams.clients.triton_models import load_model
 from streams.dataplane.worker import WorkerProcess
-from streams.jobs.job import JobSize, ensure_first_model, load_model, reset_online_store
+from streams.jobs.job import JobSize, ensure_first_model, reset_online_store
 from streams.replay.dataset import Dataset
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import SCORES, TRANSACTIONS
+from streams.topics import SCORES, TRANSACTIONS, kafka_layout
 
 RESULTS = REPO_ROOT / "bench" / "results"
 PROJECTED_CORES = (2, 8, 16, 32, 64)
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     repo = model_repository(work / "triton_repo")
     settings = isolated_settings(work / "state", STACK_PORTS, partitions=args.partitions)
-    stack = Stack(settings, triton_repo=repo)
+    stack = Stack(settings, kafka_layout(settings.partitions), triton_repo=repo)
     names = ["kafka", "redis", "triton"]
     began = time.monotonic()
     runs: list[dict[str, Any]] = []

@@ -57,8 +57,10 @@ from bench.common import (
     write_report,
 )
 from infra.local.manager import Stack
+from infra.settings import KafkaSettings
 from models.triton_config import MODEL_NAME, ModelConfig, read_model_config
-from streams.settings import REPO_ROOT, KafkaSettings, Settings
+from streams.settings import REPO_ROOT, Settings
+from streams.topics import kafka_layout
 
 RESULTS = REPO_ROOT / "bench" / "results" / "triton_vs_ort.json"
 ModelKind = Literal["recipe", "mlp"]
@@ -118,8 +120,8 @@ def build_model(kind: ModelKind, n_features: int) -> tuple[Any, dict[str, Any]]:
         model = FraudMLP(n_features, seed=0).fit_scaler(X)
         shape = model.architecture()
     else:
+        from models.binned_mlp import BinnedMLP, FraudEnsemble
         from models.recipe import DEFAULT_RECIPE as R
-        from models.recipe import BinnedMLP, FraudEnsemble
 
         model = FraudEnsemble([BinnedMLP(n_features, R.hidden, R.dropout, R.n_bins, seed=i)
                                .fit_encoding(X) for i in range(R.n_members)])
@@ -353,7 +355,7 @@ def start_triton(work: Path, config: ModelConfig, kind: ModelKind,
                  queue_delay_us: int | None = None) -> tuple[Stack, Target]:
     """Publish a model into a repository copy and start a Triton over it on free ports;
     with ``queue_delay_us``, the copy's dynamic batcher waits that long for a fuller batch."""
-    from streams.jobs.job import load_model
+    from streams.clients.triton_models import load_model
 
     repo = work / "triton_repo"
     version_dir, model = publish_model(repo, config.n_features, kind)
@@ -369,7 +371,7 @@ def start_triton(work: Path, config: ModelConfig, kind: ModelKind,
         work / "state",
         ("triton_http_port", "triton_grpc_port", "triton_metrics_port", "prometheus_port"),
         kafka=KafkaSettings())
-    stack = Stack(settings, triton_repo=repo)
+    stack = Stack(settings, kafka_layout(settings.partitions), triton_repo=repo)
     print("starting Triton ...", file=sys.stderr, flush=True)
     try:
         url = stack.up(["triton"], echo=False).triton

@@ -46,12 +46,14 @@ from bench.common import (
     utc_date,
     write_report,
 )
-from models.drift import DriftSpec, apply_drift
+from models.binned_mlp import FraudEnsemble
+from models.drift import apply_drift
+from models.drift_spec import DriftSpec
 from models.evaluation import assess
 from models.export import export_onnx
 from models.extra_features import MODEL_FEATURE_COLUMNS, add_model_features
 from models.gate import GateReport, GateWindow, evaluate_gate
-from models.recipe import DEFAULT_RECIPE, FraudEnsemble, Recipe, fit_fraud_model, predict
+from models.recipe import DEFAULT_RECIPE, Recipe, fit_fraud_model, predict
 from models.reference_features import TARGET_COLUMN
 from models.train import pick_device
 from streams.settings import REPO_ROOT

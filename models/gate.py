@@ -37,7 +37,7 @@ from onnx import helper
 from torch import nn
 
 from models.export import check_onnx
-from models.monitors import QualityBaseline, window_quality
+from models.label_quality import QualityBaseline, window_quality
 from models.triton_config import DEFAULT_CONFIG_PATH, ConfigError, ModelConfig, read_model_config
 
 Champion = Path | str | np.ndarray | QualityBaseline | None

@@ -29,8 +29,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from models.drift import label_delays
-from models.recipe import BinnedMLP, FraudEnsemble, Recipe, fit_fraud_model, predict
+from models.binned_mlp import BinnedMLP, FraudEnsemble
+from models.drift_scenarios import label_delays
+from models.recipe import Recipe, fit_fraud_model, predict
 from models.reference_features import TARGET_COLUMN
 from models.simulator import SECONDS_PER_DAY
 from models.train import Device
@@ -63,7 +64,7 @@ def event_seconds(frame: pd.DataFrame) -> np.ndarray:
 def label_known_at(frame: pd.DataFrame) -> np.ndarray:
     """When each row's label becomes known, in seconds since midnight of day 0.
 
-    Event time plus the row's label delay (:func:`models.drift.label_delays`: the
+    Event time plus the row's label delay (:func:`models.drift_scenarios.label_delays`: the
     LABEL_DELAY_DAYS column, or 7 days), as the stream emits labels.
     """
     return event_seconds(frame) + label_delays(frame) * SECONDS_PER_DAY

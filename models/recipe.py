@@ -1,4 +1,6 @@
-"""The training recipe of the fraud scorer and its score on the handbook's protocol.
+"""The training recipe of the fraud scorer: its hyper-parameters (:class:`Recipe`), the
+fit with early stopping (:func:`fit_fraud_model`), the prior correction
+(:func:`match_prior`) and batch prediction (:func:`predict`).
 
 The scorer is a small bag of multilayer perceptrons over the handbook's features
 and the stream-exact extras (:data:`models.extra_features.MODEL_FEATURE_COLUMNS`).
@@ -24,160 +26,27 @@ Four choices carry its quality:
   left to win lies in how the model orders frauds no feature can reveal (a
   terminal compromised less than a week ago) against ordinary transactions,
   where any pattern the model learns is noise.
+
+The network is :mod:`models.binned_mlp`; the recipe's score on the handbook's protocol is
+:mod:`models.recipe_quality`.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.tree import DecisionTreeClassifier
 from torch import nn
 
-from models.evaluation import PrequentialResult, evaluate_prequential, prequential_start
-from models.extra_features import MODEL_FEATURE_COLUMNS, add_model_features
+from models.binned_mlp import BinnedMLP, FraudEnsemble
+from models.extra_features import MODEL_FEATURE_COLUMNS
 from models.reference_features import TARGET_COLUMN
 from models.train import Device, pick_device
-
-MIN_STD = 1e-6
-
-
-class BinnedMLP(nn.Module):
-    """Standardised features plus their piecewise-linear encoding, then a ReLU MLP.
-
-    The probability is ``sigmoid(logits(x) + offset)``; the ``offset`` buffer
-    undoes the undersampling of genuine rows during training.
-
-    Parameters
-    ----------
-    n_features
-        Width of one input row.
-    hidden
-        Widths of the hidden layers.
-    dropout
-        Dropout after each hidden layer while training.
-    n_bins
-        Most bins per feature; features with fewer distinct edges get fewer.
-    seed
-        Seeds the weight initialisation without touching the global random state.
-    """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-    lower: torch.Tensor
-    width: torch.Tensor
-    used: torch.Tensor
-    offset: torch.Tensor
-
-    def __init__(
-        self,
-        n_features: int,
-        hidden: Sequence[int] = (128, 64),
-        dropout: float = 0.1,
-        n_bins: int = 16,
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
-        self.n_features, self.n_bins = n_features, n_bins
-        self.register_buffer("mean", torch.zeros(n_features))
-        self.register_buffer("std", torch.ones(n_features))
-        self.register_buffer("lower", torch.zeros(n_features, n_bins))
-        self.register_buffer("width", torch.ones(n_features, n_bins))
-        self.register_buffer("used", torch.zeros(n_features, n_bins))
-        self.register_buffer("offset", torch.zeros(()))
-        layers: list[nn.Module] = []
-        width = n_features * (n_bins + 1)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for size in hidden:
-                layers += [nn.Linear(width, size), nn.ReLU()]
-                if dropout > 0:
-                    layers.append(nn.Dropout(dropout))
-                width = size
-            layers.append(nn.Linear(width, 1))
-            self.net = nn.Sequential(*layers)
-
-    def fit_encoding(
-        self, features: np.ndarray, labels: np.ndarray | None = None, tree_share: float = 0.5
-    ) -> BinnedMLP:
-        """Set standardisation and bin edges from training features; returns ``self``.
-
-        Without ``labels`` the edges are quantiles. With them, a ``tree_share``
-        of the bins is instead cut at the thresholds of a small decision tree
-        fitted on each feature alone.
-        """
-        x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise ValueError(f"expected features [n, {self.n_features}], got {x.shape}")
-        lower = np.zeros((self.n_features, self.n_bins))
-        width = np.ones_like(lower)
-        used = np.zeros_like(lower)
-        n_quantile = self.n_bins if labels is None else round(self.n_bins * (1 - tree_share))
-        for j in range(self.n_features):
-            edges = np.quantile(x[:, j], np.linspace(0.0, 1.0, n_quantile + 1))
-            if labels is not None:
-                edges = np.concatenate(
-                    [edges, _tree_edges(x[:, j], labels, self.n_bins - n_quantile)]
-                )
-            # Edges are deduplicated as the float32 the buffers hold, so no width is zero.
-            edges = np.unique(edges.astype(np.float32)).astype(np.float64)
-            k = len(edges) - 1
-            lower[j, :k], width[j, :k], used[j, :k] = edges[:-1], np.diff(edges), 1.0
-        for name, value in (
-            ("mean", x.mean(axis=0)),
-            ("std", np.maximum(x.std(axis=0), MIN_STD)),
-            ("lower", lower),
-            ("width", width),
-            ("used", used),
-        ):
-            getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
-        return self
-
-    def start_at_rate(self, rate: float) -> BinnedMLP:
-        """Make an untrained model predict ``rate`` on average; returns ``self``.
-
-        Early epochs then spend no steps pulling the scores from 0.5 down to the
-        fraud rate.
-        """
-        with torch.no_grad():
-            cast(nn.Linear, self.net[-1]).bias.fill_(float(np.log(rate / (1 - rate))))
-        return self
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-sigmoid scores before the undersampling offset, shape ``[batch, 1]``."""
-        standard = (x - self.mean) / self.std
-        encoded = ((x.unsqueeze(-1) - self.lower) / self.width).clamp(0.0, 1.0) * self.used
-        return self.net(torch.cat([standard, encoded.flatten(1)], dim=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fraud probability per row, shape ``[batch, 1]``."""
-        return torch.sigmoid(self.logits(x) + self.offset)
-
-
-def _tree_edges(values: np.ndarray, labels: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bin edges of one feature: its range split at a decision tree's thresholds."""
-    tree = DecisionTreeClassifier(max_leaf_nodes=n_bins, min_samples_leaf=20, random_state=0)
-    tree.fit(values.reshape(-1, 1), labels)
-    inner = tree.tree_.threshold[tree.tree_.feature >= 0]
-    return np.unique(np.concatenate([[values.min(), values.max()], inner]))
-
-
-class FraudEnsemble(nn.Module):
-    """The mean of its members' probabilities; one graph for export."""
-
-    def __init__(self, members: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fraud probability per row, shape ``[batch, 1]``."""
-        return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
 @dataclass(frozen=True)
@@ -385,70 +254,3 @@ def predict(model: nn.Module, frame: pd.DataFrame, recipe: Recipe = DEFAULT_RECI
         return np.concatenate(
             [model(x[i : i + 65536]).numpy().ravel() for i in range(0, len(x), 65536)]
         ).astype(np.float64)
-
-
-def training_window(
-    transactions: pd.DataFrame, block_start_day: int, recipe: Recipe = DEFAULT_RECIPE
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training and validation rows for a handbook training block starting on a day.
-
-    Validation is the block itself, ``[s, s + 7)``, the most recent labelled week
-    before the delay week; training is the ``recipe.train_weeks`` weeks before it.
-    """
-    days = transactions["TX_TIME_DAYS"].to_numpy()
-    train = (days >= block_start_day - 7 * recipe.train_weeks) & (days < block_start_day)
-    valid = (days >= block_start_day) & (days < block_start_day + 7)
-    return transactions[train], transactions[valid]
-
-
-def prequential_quality(
-    df: pd.DataFrame,
-    *,
-    seed: int = 0,
-    device: Device = "auto",
-    recipe: Recipe = DEFAULT_RECIPE,
-) -> dict[str, object]:
-    """Assess the recipe on the handbook's prequential test (four weekly folds).
-
-    The test sets are exactly the handbook's (:func:`models.evaluation.evaluate_prequential`
-    from :func:`prequential_start` ``("test")``: test weeks from 2018-08-08 to
-    09-04, known compromised cards removed); only the training rows differ, as
-    :func:`training_window` describes.
-
-    Parameters
-    ----------
-    df
-        The transactions, raw or already with :data:`MODEL_FEATURE_COLUMNS`.
-    seed, device, recipe
-        As for :func:`fit_fraud_model`.
-
-    Returns
-    -------
-    dict
-        ``mean`` and ``std`` (population) of ``auc_roc``, ``average_precision``
-        and ``card_precision_at_k`` (k = 100), ``folds`` (per fold, fold 0 is the
-        latest test week), ``seconds`` and the ``recipe``.
-    """
-    if not set(recipe.features) <= set(df.columns):
-        df = add_model_features(df)
-    started = time.perf_counter()
-
-    def fit_predict(block: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
-        train, valid = training_window(df, int(block["TX_TIME_DAYS"].min()), recipe)
-        model = fit_fraud_model(train, valid, seed=seed, device=device, recipe=recipe)
-        return predict(model, test, recipe)
-
-    result = evaluate_prequential(fit_predict, df, prequential_start("test"))
-    return summarise(result) | {
-        "seconds": time.perf_counter() - started,
-        "recipe": asdict(recipe),
-    }
-
-
-def summarise(result: PrequentialResult) -> dict[str, object]:
-    """A prequential result as plain dictionaries of floats."""
-    return {
-        "mean": result.mean.as_dict(),
-        "std": result.std.as_dict(),
-        "folds": [fold.as_dict() for fold in result.folds],
-    }

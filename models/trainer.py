@@ -6,7 +6,7 @@ publishes the ONNX export as the next Triton version and records it in the
 :class:`~models.registry.Registry` as a candidate, with its lineage, recipe and its
 quality on the validation window. The frame comes from the simulator
 (:func:`frame_from_simulator`) or from the stream's offline feature log with the labels
-known so far (:func:`frame_from_feature_log`).
+known so far (:func:`models.feature_log.frame_from_feature_log`).
 
 The torch weights are kept beside the registry entries (``<registry>/weights/<n>.pt``)
 so that a later version can warm-start from its parent.
@@ -24,30 +24,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from models.binned_mlp import BinnedMLP, FraudEnsemble
 from models.evaluation import assess
 from models.export import publish_version
 from models.extra_features import add_model_features
-from models.recipe import (
-    DEFAULT_RECIPE,
-    BinnedMLP,
-    FraudEnsemble,
-    Recipe,
-    fit_fraud_model,
-    match_prior,
-    predict,
-)
+from models.model_version import ModelVersion, Trigger, Window
+from models.recipe import DEFAULT_RECIPE, Recipe, fit_fraud_model, match_prior, predict
 from models.reference_features import TARGET_COLUMN
-from models.registry import ModelVersion, Registry, Trigger, Window, write_text_atomic
+from models.registry import Registry, write_text_atomic
 from models.simulator import SECONDS_PER_DAY
 from models.train import Device
 from models.triton_config import MODEL_NAME, ConfigError, read_model_config
 
 FRAME_COLUMNS = ("TX_DATETIME", "TX_TIME_DAYS", "CUSTOMER_ID", TARGET_COLUMN)
 """Columns :func:`train_version` needs besides the recipe's features."""
-
-# Feature-log columns are named as the feature service names them, ``<view>__<field>``
-# (``streams.clients.feast_client.model_feature_order``); the batch columns prefix the entity.
-_VIEW_PREFIXES = {"card_activity": "CUSTOMER_ID_", "terminal_risk": "TERMINAL_ID_"}
 
 
 def _day(value: str | pd.Timestamp) -> pd.Timestamp:
@@ -191,9 +181,10 @@ def train_version(
     score_reference
         Rows with ``recipe.features``, labelled or not, that the model did not train
         on, whose scores are the score monitor's reference (see
-        :func:`recent_rows`); by default the validation rows. A model's scores move with
-        the weekday (the weekend flag is an input), so a reference of a whole week
-        judges a Saturday against Saturdays, where two validation days may hold none.
+        :func:`models.feature_log.recent_rows`); by default the validation rows. A
+        model's scores move with the weekday (the weekend flag is an input), so a
+        reference of a whole week judges a Saturday against Saturdays, where two
+        validation days may hold none.
 
     Returns
     -------
@@ -265,10 +256,6 @@ def train_version(
         raise
 
 
-FEEDBACK_COLUMN = "FEEDBACK"
-"""True on a row of :func:`frame_from_feature_log` whose label came from feedback."""
-
-
 def with_feedback(train: pd.DataFrame, feedback: pd.DataFrame, share: float) -> pd.DataFrame:
     """``train`` and ``feedback`` in one frame whose :data:`~models.recipe.WEIGHT_COLUMN`
     gives the feedback rows ``share`` of the total weight (each training row weighs 1)."""
@@ -300,7 +287,7 @@ def save_training_profile(path: Path, rows: pd.DataFrame, scores: np.ndarray,
         feature_entity,
         warm_up_days,
     )
-    from models.monitors import Histogram, ReferenceProfile
+    from models.reference_profile import Histogram, ReferenceProfile
 
     times = rows["TX_DATETIME"].to_numpy("datetime64[s]").astype(np.int64).astype(np.float64)
     start = float(times.min()) if history_start is None else float(history_start)
@@ -332,120 +319,5 @@ def frame_from_simulator(
     return add_model_features(raw)
 
 
-def log_feature_names(columns: list[str], features: tuple[str, ...]) -> dict[str, str]:
-    """Map feature-log column names to the model's feature names.
-
-    ``tx_amount`` is ``TX_AMOUNT``; ``card_activity__nb_tx_1day`` is
-    ``CUSTOMER_ID_NB_TX_1DAY_WINDOW`` and ``terminal_risk__known_fraud_run`` is
-    ``TERMINAL_ID_KNOWN_FRAUD_RUN``; a column already named as a feature is kept.
-    """
-    wanted = set(features)
-    mapping: dict[str, str] = {}
-    for column in columns:
-        view, sep, name = column.partition("__")
-        if sep and view in _VIEW_PREFIXES:
-            base = _VIEW_PREFIXES[view] + name.upper()
-            candidates = [base, f"{base}_WINDOW"]
-        else:
-            candidates = [column, column.upper()]
-        for candidate in candidates:
-            if candidate in wanted:
-                mapping[column] = candidate
-                break
-    return mapping
-
-
-def read_labels(path: Path | str) -> pd.DataFrame:
-    """Label records (``tx_id``, ``is_fraud``, ``known_at``) from parquet or CSV."""
-    path = Path(path)
-    if path.is_dir() or path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    return pd.read_csv(path)
-
-
 MIN_SCORE_REFERENCE_ROWS = 1000
 """Fewest rows :func:`train_version` profiles the score on (as the monitors' own floor)."""
-
-
-def recent_rows(path: Path | str, since: float, recipe: Recipe = DEFAULT_RECIPE
-                ) -> pd.DataFrame:
-    """The logged rows from event time ``since`` on, labelled or not, with
-    ``recipe.features``: after a gate window, the traffic whose labels have not
-    matured, which no challenger has trained on (the score's reference)."""
-    from streams.dataplane.feature_log import read_feature_log
-
-    day = pd.Timestamp(since, unit="s").strftime("%Y-%m-%d")
-    log = read_feature_log(Path(path), since_date=day)
-    if log.empty:
-        return pd.DataFrame(columns=list(recipe.features))
-    log = log[log["event_time"].to_numpy(np.float64) >= since]
-    mapping = log_feature_names(list(log.columns), recipe.features)
-    return log.rename(columns=mapping)[list(recipe.features)].reset_index(drop=True)
-
-
-def frame_from_feature_log(
-    path: Path | str,
-    labels: pd.DataFrame | Path | str,
-    *,
-    as_of: float | None = None,
-    recipe: Recipe = DEFAULT_RECIPE,
-) -> pd.DataFrame:
-    """The stream's served features of the transactions whose labels are known.
-
-    Parameters
-    ----------
-    path
-        The feature log folder (``<run>/feature_log``).
-    labels
-        Label records (``tx_id``, ``is_fraud``, ``known_at``), or a parquet/CSV file of
-        them.
-    as_of
-        Event time (Unix seconds) at which labels count as known; defaults to the
-        latest logged event time, the stream's "now".
-    recipe
-        Whose features the frame must hold.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row a labelled transaction, with ``recipe.features`` and
-        :data:`FRAME_COLUMNS` (and TRANSACTION_ID, TERMINAL_ID), ready for
-        :func:`train_version`.
-
-    Raises
-    ------
-    ValueError
-        When the log is empty or lacks some of the recipe's features.
-    """
-    from streams.dataplane.feature_log import read_feature_log, with_matured_labels
-
-    log = read_feature_log(Path(path))
-    if log.empty:
-        raise ValueError(f"no feature log parts under {path}")
-    mapping = log_feature_names(list(log.columns), recipe.features)
-    missing = [f for f in recipe.features if f not in mapping.values()]
-    if missing:
-        raise ValueError(
-            f"the feature log at {path} lacks the recipe's features {missing}; "
-            f"it holds {[c for c in log.columns if c not in ('score', 'model_version')]}"
-        )
-    if not isinstance(labels, pd.DataFrame):
-        labels = read_labels(labels)
-    cut = float(log["event_time"].max()) if as_of is None else float(as_of)
-    joined = with_matured_labels(log, labels, cut)
-    event_time = joined["event_time"].to_numpy(dtype=np.float64)
-    frame = joined.rename(columns=mapping)[list(recipe.features)].copy()
-    frame["TRANSACTION_ID"] = joined["tx_id"].to_numpy()
-    frame["TX_DATETIME"] = pd.to_datetime(event_time, unit="s")
-    frame["TX_TIME_DAYS"] = (event_time // 86400).astype(np.int64)
-    frame["CUSTOMER_ID"] = joined["card_id"].to_numpy()
-    frame["TERMINAL_ID"] = joined["terminal_id"].to_numpy()
-    frame[TARGET_COLUMN] = joined["is_fraud"].to_numpy(dtype=np.int64)
-    # Known only through an investigator's verdict so far (the delayed label is not).
-    frame[FEEDBACK_COLUMN] = (joined["feedback"].to_numpy(dtype=bool) if "feedback" in joined
-                              else np.zeros(len(joined), bool))
-    frame = frame.sort_values("TX_DATETIME", kind="stable").reset_index(drop=True)
-    # The stream's windows began with the log's first event: rows less than a window
-    # after it are in the warm-up, whatever their label (see save_training_profile).
-    frame.attrs["history_start"] = float(log["event_time"].min())
-    return frame

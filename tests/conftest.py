@@ -18,6 +18,7 @@ import pytest
 from infra.local.base import free_port
 from infra.local.manager import Endpoints, Stack
 from streams.settings import REPO_ROOT, Settings
+from streams.topics import kafka_layout
 
 
 @dataclasses.dataclass
@@ -58,7 +59,7 @@ def publish_test_model(repo: Path, version: int, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     from streams.clients.feast_client import apply_repo
-    from streams.jobs.job import load_model
+    from streams.clients.triton_models import load_model
 
     state = tmp_path_factory.mktemp("factory-state")
     repo = tmp_path_factory.mktemp("triton-repo")
@@ -67,7 +68,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
                     repo / "fraud_detector" / "config.pbtxt")
     publish_test_model(repo, 1)
     settings = _test_settings(state)
-    stack = Stack(settings, triton_repo=repo)
+    stack = Stack(settings, kafka_layout(settings.partitions), triton_repo=repo)
     try:
         endpoints = stack.up(echo=False)
         apply_repo(endpoints.redis)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from infra.local.base import LocalService, PrerequisiteError, port_is_open
-from infra.local.kafka_security import KafkaSecurity
+from infra.local.kafka_security import AclRule, KafkaSecurity
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POM = REPO_ROOT / "infra" / "kafka" / "pom.xml"
@@ -36,6 +37,37 @@ Configuration:
       - name: kafka.server.KafkaRaftServer
         level: INFO
 """
+
+
+@dataclass(frozen=True)
+class KafkaLayout:
+    """What Kafka holds for the application: the topics the stack creates (name ->
+    partitions) and, on the secured broker, every ACL of the client user."""
+
+    topics: Mapping[str, int]
+    acl_rules: tuple[AclRule, ...]
+
+
+def create_missing_topics(client_config: dict[str, str], topics: Mapping[str, int]) -> None:
+    """Create each topic of ``topics`` (name -> partitions) that the broker lacks, with one
+    replica; an existing topic is left as it is."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({**client_config, "log_level": 0})
+    existing = set(admin.list_topics(timeout=10).topics)
+    new = [
+        NewTopic(name, num_partitions=count, replication_factor=1)
+        for name, count in topics.items()
+        if name not in existing
+    ]
+    if not new:
+        return
+    for name, future in admin.create_topics(new, operation_timeout=10).items():
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RuntimeError(f"creating topic {name!r} failed: {exc}") from exc
 
 
 @dataclass

@@ -5,14 +5,15 @@ certificate signed by a CA generated under ``<state_dir>/kafka/tls``). The broke
 the same listener for itself as the super user ``admin``; the KRaft controller listener
 takes SASL/PLAIN from ``admin`` only (KRaft cannot authenticate controllers with SCRAM).
 ``StandardAuthorizer`` denies whatever no ACL allows, and the factory's user gets exactly
-the rules of :func:`factory_acl_rules`.
+the :class:`AclRule` list it is given (the application names its topics and consumer
+groups).
 
 The factory user's password comes from the environment (``KAFKA_SASL_PASSWORD``), the
 admin's from ``FACTORY_KAFKA_ADMIN_PASSWORD`` or, when unset, is generated once and
 kept in the state folder, readable by its owner only. Both users are written into the
 KRaft bootstrap records at format time as salted SCRAM credentials (no password on a
 command line); each start sets the factory user's credential from the environment
-again and brings its ACLs to :func:`factory_acl_rules`.
+again and brings its ACLs to those rules.
 """
 
 from __future__ import annotations
@@ -28,32 +29,11 @@ from typing import Any, NamedTuple
 
 from infra.local.base import PrerequisiteError, ServiceError
 from infra.local.tls import TlsFiles, ensure_tls
-from streams.settings import Secret
-from streams.topics import (
-    FEEDBACK,
-    LABELS,
-    MODEL_EVENTS,
-    SCORES,
-    TRANSACTIONS,
-    TRANSACTIONS_DLQ,
-)
+from infra.settings import Secret
 
 MECHANISM = "SCRAM-SHA-512"
 ITERATIONS = 8192
 ADMIN_USER = "admin"
-
-FACTORY_TOPICS = (TRANSACTIONS, LABELS, SCORES, TRANSACTIONS_DLQ, MODEL_EVENTS, FEEDBACK)
-APP_PREFIXES = ("fraud-factory", "factory-", "loop-")
-"""Names the factory's consumer groups begin with (the workers' ``--app-id``:
-``fraud-factory``, ``fraud-factory-labels``, a run's ``loop-<id>`` and ``factory-<id>``,
-the retrainer's ``factory-retrainer``), and so do their own topics: changelogs
-(``<app-id>-card-state-changelog``) and Faust's ``<app-id>-__assignor-__leader``."""
-READER_GROUP_PREFIXES = ("reader-", "offsets-")
-"""The groups of ``streams.clients.kafka_io.consume`` and ``topic_end_offsets`` (assigned
-readers: they fetch and commit nothing through the group)."""
-
-TOPIC_OPERATIONS = ("CREATE", "DESCRIBE", "DESCRIBE_CONFIGS", "READ", "WRITE")
-GROUP_OPERATIONS = ("DESCRIBE", "READ")
 
 
 class AclRule(NamedTuple):
@@ -64,24 +44,6 @@ class AclRule(NamedTuple):
     name: str
     pattern: str
     operation: str
-
-
-def factory_acl_rules() -> list[AclRule]:
-    """What the factory's user may do, and nothing more.
-
-    Its five topics: create (``factory up``, a worker's first start), read and write
-    (workers, replay, retrainer), describe. Its own topics and consumer groups, by
-    prefix: the workers' changelogs and Faust's leader topic are created by the worker
-    that owns them. Idempotent producers need no cluster right since Kafka 3.0 (WRITE
-    on a topic is enough) and nothing of the factory is transactional.
-    """
-    rules = [AclRule("TOPIC", topic, "LITERAL", op)
-             for topic in FACTORY_TOPICS for op in TOPIC_OPERATIONS]
-    rules += [AclRule("TOPIC", prefix, "PREFIXED", op)
-              for prefix in APP_PREFIXES for op in TOPIC_OPERATIONS]
-    rules += [AclRule("GROUP", prefix, "PREFIXED", op)
-              for prefix in (*APP_PREFIXES, *READER_GROUP_PREFIXES) for op in GROUP_OPERATIONS]
-    return rules
 
 
 def salted_scram(password: str, iterations: int = ITERATIONS,
@@ -105,12 +67,14 @@ class KafkaSecurity:
     """The secured broker's users, certificates, listener settings and ACLs.
 
     ``home`` is the Kafka service's folder; ``username`` and ``password`` are the
-    factory's client user (``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``).
+    factory's client user (``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``), and
+    ``acl_rules`` everything that user may do.
     """
 
     home: Path
     username: str
     password: Secret | None
+    acl_rules: tuple[AclRule, ...]
     admin_password_setting: Secret | None = None
 
     @property
@@ -205,7 +169,7 @@ class KafkaSecurity:
 
     def grant(self, bootstrap: str) -> None:
         """Set the factory user's credential from the environment and its ACLs to
-        :func:`factory_acl_rules` (missing rules created, others removed)."""
+        ``acl_rules`` (missing rules created, others removed)."""
         from confluent_kafka.admin import (
             AdminClient,
             ScramCredentialInfo,
@@ -222,7 +186,7 @@ class KafkaSecurity:
         for future in admin.alter_user_scram_credentials([upsert]).values():
             future.result()
         principal = f"User:{self.username}"
-        wanted = {rule_binding(rule, principal) for rule in factory_acl_rules()}
+        wanted = {rule_binding(rule, principal) for rule in self.acl_rules}
         found = set(admin.describe_acls(acl_filter(principal)).result(timeout=30))
         if wanted - found:
             for future in admin.create_acls(sorted(wanted - found, key=str)).values():

@@ -5,6 +5,9 @@ A service whose URL is given in the settings (``KAFKA_BOOTSTRAP_SERVERS``, ``RED
 The endpoints in use are written to ``<state_dir>/endpoints.json`` so that every
 process of the factory (worker, producer, tests) finds the same services.
 
+The topics to create and the ACLs of the factory's Kafka user come from the caller
+(a :class:`KafkaLayout`): the application owns its topic names.
+
 ``FACTORY_TRITON_REPLICAS`` local Tritons serve the same model repository (services
 ``triton``, ``triton-2``, ...; ``triton`` names them all in ``up`` and ``down``); the
 endpoints carry their gRPC addresses comma-separated, as ``TRITON_URL`` takes them.
@@ -20,12 +23,12 @@ from pathlib import Path
 
 from infra.local.alertmanager import AlertmanagerService
 from infra.local.base import LocalService, PrerequisiteError, ServiceError, port_is_open
-from infra.local.kafka import KafkaService
+from infra.local.kafka import KafkaLayout, KafkaService, create_missing_topics
 from infra.local.kafka_security import KafkaSecurity
 from infra.local.prometheus import PrometheusService
 from infra.local.redis import RedisService
 from infra.local.triton import TritonService, replica_name, replica_ports
-from streams.settings import Settings
+from infra.settings import ServiceSettings
 
 # Alertmanager before Prometheus, so that the first alerts have somewhere to go.
 SERVICE_ORDER = ("kafka", "redis", "triton", "alertmanager", "prometheus")
@@ -55,10 +58,13 @@ class Endpoints:
 
 
 class Stack:
-    """The local services described by a :class:`Settings`."""
+    """The local services described by a :class:`ServiceSettings`, with Kafka holding
+    ``kafka_layout``."""
 
-    def __init__(self, settings: Settings, triton_repo: Path | None = None) -> None:
+    def __init__(self, settings: ServiceSettings, kafka_layout: KafkaLayout,
+                 triton_repo: Path | None = None) -> None:
         self.settings = settings
+        self.kafka_layout = kafka_layout
         state = settings.state_dir
         password = settings.redis_password.get() if settings.redis_password else None
         self.services: dict[str, LocalService] = {}
@@ -67,7 +73,8 @@ class Stack:
             if settings.kafka_secure:
                 security = KafkaSecurity(
                     state.resolve() / "kafka", settings.kafka.sasl_username or "",
-                    settings.kafka.sasl_password, settings.kafka_admin_password)
+                    settings.kafka.sasl_password, kafka_layout.acl_rules,
+                    settings.kafka_admin_password)
             self.services["kafka"] = KafkaService(
                 state,
                 ports={"broker": settings.kafka_port, "controller": settings.kafka_controller_port},
@@ -89,7 +96,7 @@ class Stack:
                     model_repository=triton_repo or settings.triton_repo,
                 )
         # The scoring worker's metrics port and the labels worker's after it (the
-        # workers' defaults, streams/dataplane/worker.py).
+        # workers' defaults).
         targets = {"factory-worker": [f"127.0.0.1:{settings.worker_metrics_port + i}"
                                       for i in (0, 1)]}
         if self.tritons:
@@ -147,10 +154,9 @@ class Stack:
         if "kafka" in self._selected(names) or self.settings.kafka.bootstrap_servers:
             from confluent_kafka import KafkaException
 
-            from streams.topics import ensure_topics
-
             try:
-                ensure_topics(self.settings, self.endpoints().kafka)
+                kafka = self.settings.kafka.client_config(self.endpoints().kafka)
+                create_missing_topics(kafka, self.kafka_layout.topics)
             except (KafkaException, RuntimeError) as exc:
                 # A refused user or a broker that went away: one line, not a traceback.
                 raise ServiceError(f"kafka: the factory's topics: {exc}") from exc

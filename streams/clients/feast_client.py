@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
+from streams.clients.label_versions import mark_changed, versions_key
 from streams.settings import REPO_ROOT
 
 if TYPE_CHECKING:
@@ -153,8 +154,7 @@ class OnlineFeatures:
         frame["event_timestamp"] = pd.to_datetime(event_times, unit="s", utc=True)
         self.store.push("terminal_risk_push", frame, to=PushMode.ONLINE)
         # The change tokens that tell the fast path's scorers to read these arrays again.
-        from streams.clients.feast_fast import redis_client
-        from streams.dataplane.label_versions import mark_changed, versions_key
+        from streams.clients.redis_conn import redis_client
 
         if self._redis is None:
             self._redis = redis_client(self.store)
@@ -192,13 +192,3 @@ class OnlineFeatures:
             column = response[name]
             table[:, j] = [0.0 if v is None else float(v) for v in column]
         return table[inverse]
-
-
-def online_features(store, path: str = "fast"):  # noqa: ANN001, ANN201
-    """The worker's Feast online access: ``fast`` (Feast's Redis layout, proven equal to
-    the SDK by the tests) or ``sdk`` (Feast's Python SDK)."""
-    if path == "sdk":
-        return OnlineFeatures(store)
-    from streams.clients.feast_fast import FastOnlineFeatures
-
-    return FastOnlineFeatures(store)

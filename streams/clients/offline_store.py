@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from models.feature_log import read_feature_log
 from streams.clients.feast_client import CARD_VIEW, FEATURE_REPO, TERMINAL_VIEW
-from streams.dataplane.feature_log import read_feature_log
 
 
 def export_offline(feature_log: Path, data_dir: Path = FEATURE_REPO / "data") -> dict[str, int]:

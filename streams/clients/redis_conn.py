@@ -5,6 +5,7 @@
 keys are spread over its primaries by hash slot. Everything the factory keeps in Redis
 (Feast's online store, the model route, the label watermark, the store marks) works on
 both: no command it sends names two keys, or it names keys of one hash slot.
+:func:`redis_client` opens a client on a Feast store's Redis, from its connection string.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -39,3 +40,16 @@ def connect(url: str, **options: Any) -> Client:  # noqa: ANN401
     if is_cluster(url):
         return RedisCluster.from_url(server_url(url), **options)
     return redis.Redis.from_url(url, **options)
+
+
+def redis_client(store: Any) -> Client:  # noqa: ANN401
+    """A client on a Feast store's Redis, from its connection string, as Feast builds its
+    own: a :class:`RedisCluster` when the store's ``redis_type`` is ``redis_cluster``."""
+    from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
+
+    config = store.config.online_store
+    nodes, params = RedisOnlineStore._parse_connection_string(config.connection_string)
+    if config.redis_type == RedisType.redis_cluster:
+        return RedisCluster(startup_nodes=[ClusterNode(n["host"], int(n["port"]))
+                                           for n in nodes], **params)
+    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)

@@ -16,7 +16,13 @@ import itertools
 
 import numpy as np
 
-from streams.dataplane.features import _CARD_OFFSETS, CARD_DTYPE, _find_id, update_card_history
+from streams.dataplane.card_state_search import running_extremes as _running_extremes
+from streams.dataplane.card_state_search import state_positions as _state_positions
+from streams.dataplane.features import _CARD_OFFSETS, CARD_DTYPE, update_card_history
+from streams.dataplane.ragged import first_above as _first_above
+from streams.dataplane.ragged import owners as _owners
+from streams.dataplane.ragged import ranges as _ranges
+from streams.dataplane.ragged import reduce_ranges as _reduce
 from streams.dataplane.ragged import segment_of as _segment_of
 from streams.dataplane.ragged import segments as _segments
 
@@ -26,64 +32,13 @@ _RECORD = CARD_DTYPE.itemsize
 _SUMS = 3
 _MEAN = 3
 _RECENT = 4
-# Multiplier of the id hash (Fibonacci hashing) that picks the state ids worth an exact look.
-_HASH = np.uint64(0x9E3779B97F4A7C15)
 # Integer-cents sums at most this large convert to float64 exactly, so that numpy's
 # float division is Python's int / int.
 _EXACT_INT = 2**53
-# Up to this many ids to look up in the states are searched one by one in the state's bytes,
-# as the scalar function does; more, by a hash over all the states' entries.
-_FEW_SEARCHES = 256
-# Entries of all the states taken this many at a time (the id hash, the integer cents).
+# Entries of all the states taken this many at a time (their integer cents).
 _CHUNK = 1 << 16
 # State entries visited a chunk of events at a time, about this many.
 _PAIRS = 1 << 16
-# Steps of the running extremes of a state whose times go back (how many entries one late
-# entry may lie behind); a state that needs more goes to the scalar function.
-_SETTLE_STEPS = 64
-
-
-def _first_above(values: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                 bound: np.ndarray) -> np.ndarray:
-    """For each query, the first index of ``[lo, hi)`` whose value is above ``bound``.
-
-    ``values[lo:hi]`` must be non-decreasing; ``hi`` where no value is above. A binary
-    search run on every query at once: the last index at most ``bound`` moves up by
-    halving powers of two, ``log2(max(hi - lo))`` steps.
-    """
-    last = lo - 1  # the last index known to hold a value at most bound
-    span = int(np.max(hi - lo, initial=0))
-    if not len(values) or span <= 0:
-        return last + 1
-    step = 1 << (span.bit_length() - 1)
-    end = len(values) - 1
-    while step:
-        ahead = last + step
-        up = ahead < hi
-        np.minimum(ahead, end, out=ahead)  # where up is False: any index will do
-        up &= values[ahead] <= bound  # (indexing, unlike take, copies no strided values)
-        np.copyto(last, ahead, where=up)
-        step >>= 1
-    return last + 1
-
-
-def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ranges ``[starts[j], stops[j])`` laid end to end: positions, and range lengths.
-
-    An empty or reversed range gives nothing (length 0).
-    """
-    lengths = np.maximum(stops - starts, 0)
-    offsets = np.cumsum(lengths)
-    total = int(offsets[-1]) if len(offsets) else 0
-    offsets -= lengths
-    positions = np.arange(total, dtype=np.int64)
-    positions += np.repeat(starts - offsets, lengths)
-    return positions, lengths
-
-
-def _owners(lengths: np.ndarray) -> np.ndarray:
-    """The range number of each position of :func:`_ranges`."""
-    return np.repeat(np.arange(len(lengths)), lengths)
 
 
 def _chunks(volume: np.ndarray, size: int = _PAIRS) -> list[tuple[int, int]]:
@@ -93,18 +48,6 @@ def _chunks(volume: np.ndarray, size: int = _PAIRS) -> list[tuple[int, int]]:
     cuts = np.searchsorted(running, np.arange(size, int(running[-1]), size), side="right")
     edges = [0, *np.unique(cuts[(cuts > 0) & (cuts < len(volume))]).tolist(), len(volume)]
     return list(itertools.pairwise(edges))
-
-
-def _reduce(ufunc: np.ufunc, values: np.ndarray, lengths: np.ndarray,
-            empty: float) -> np.ndarray:
-    """``ufunc.reduce`` of each range of ``values`` laid out by :func:`_ranges` (range
-    ``lengths``); ``empty`` for an empty range."""
-    out = np.full(len(lengths), empty, dtype=values.dtype)
-    filled = lengths > 0
-    if filled.any():
-        offsets = np.cumsum(lengths) - lengths
-        out[filled] = ufunc.reduceat(values, offsets[filled])
-    return out
 
 
 def update_card_histories(states: list[bytes], card: np.ndarray, event_time: np.ndarray,
@@ -159,8 +102,8 @@ def update_card_histories(states: list[bytes], card: np.ndarray, event_time: np.
       hide entries from a later event), or an event time or amount is not finite;
     * its state holds a NaN time (whose minimum turns the scalar function's retention
       off) or a non-finite amount, or an entry later than the next
-      :data:`_SETTLE_STEPS` entries or more (its running maximum would take that many
-      steps);
+      :data:`streams.dataplane.card_state_search.SETTLE_STEPS` entries or more (its
+      running maximum would take that many steps);
     * a repeated id's entry is at or before the repeat's 90-day horizon (it may have
       expired before the repeat, which then counts as new);
     * a window of one of its events is empty (a repeat whose time is past its entry's
@@ -442,94 +385,3 @@ def _vectorised(states: list[bytes], card: np.ndarray, event_time: np.ndarray,
                                                strict=True):
                 result[k] = old[o0:o1] + blob[a_from:a_to]
     return slow
-
-
-def _running_extremes(times: np.ndarray, seg: np.ndarray, down: np.ndarray,
-                      owner: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Running maximum of ``times`` from each segment's start and running minimum from
-    its end, for segments whose times go back at ``down`` (owned by segments ``owner``).
-
-    Only the entries next to a descent can differ from ``times``: the maximum moves
-    forward from each descent, the minimum backward, one entry a step, while it changes
-    something; all descents move at once. Segments not settled after
-    :data:`_SETTLE_STEPS` steps are returned (third item) for the scalar function.
-    """
-    ceiling = np.array(times)  # contiguous copies
-    floor = ceiling.copy()
-    unsettled = []
-    for extreme, step in ((ceiling, 1), (floor, -1)):
-        at = down if step > 0 else down - 1
-        who = owner
-        for _ in range(_SETTLE_STEPS):
-            if not len(at):
-                break
-            other = extreme[at - step]
-            moves = (other > extreme[at]) if step > 0 else (other < extreme[at])
-            at, who = at[moves], who[moves]
-            extreme[at] = other[moves]
-            at = at + step
-            within = (at < seg[who + 1]) if step > 0 else (at >= seg[who])
-            at, who = at[within], who[within]
-        unsettled.append(who if len(at) else who[:0])
-    return ceiling, floor, np.concatenate(unsettled)
-
-
-def _state_positions(states: list[bytes], entries: np.ndarray, seg: np.ndarray,
-                     filled: np.ndarray, card: np.ndarray, tx_id: np.ndarray) -> np.ndarray:
-    """For each ``(card, tx_id)`` query (pairs distinct, ids not negative), the position in
-    ``entries`` of the last entry of that card's segment with that id, or -1.
-
-    Only an id within its card's range of ids can be there (new ids usually lie above
-    it); a few such queries are answered by the scalar function's own search of the
-    state's bytes, many by a hash of the queried ids that picks the candidate entries in
-    one pass over the states, matched exactly after.
-    """
-    found = np.full(len(card), -1, dtype=np.int64)
-    if not len(filled) or not len(card):
-        return found
-    ids = entries["tx_id"]
-    top = np.full(len(states), -1, dtype=np.int64)
-    bottom = np.zeros(len(states), dtype=np.int64)
-    top[filled] = np.maximum.reduceat(ids, seg[filled])
-    bottom[filled] = np.minimum.reduceat(ids, seg[filled])
-    inside = np.flatnonzero((tx_id <= top[card]) & (tx_id >= bottom[card]))
-    if len(inside) <= _FEW_SEARCHES:
-        for q, k, tx in zip(inside.tolist(), card[inside].tolist(), tx_id[inside].tolist(),
-                            strict=True):
-            position = _find_id(states[k], tx, CARD_DTYPE)
-            if position >= 0:
-                found[q] = seg[k] + position
-        return found
-    unique_ids = np.unique(tx_id[inside])
-    bits = max(12, int(len(unique_ids)).bit_length() + 5)
-    shift = np.uint64(64 - bits)
-    table = np.zeros(1 << bits, dtype=bool)
-    table[(unique_ids.view(np.uint64) * _HASH) >> shift] = True
-    hashes = ids.view(np.uint64)
-    pieces = []
-    for at in range(0, len(ids), _CHUNK):  # in pieces: small temporaries, in cache
-        hashed = hashes[at:at + _CHUNK] * _HASH
-        hashed >>= shift
-        pieces.append(np.flatnonzero(table[hashed]) + at)
-    candidates = np.concatenate(pieces)
-    candidate_ids = ids[candidates]
-    nearest = np.minimum(np.searchsorted(unique_ids, candidate_ids), len(unique_ids) - 1)
-    same = unique_ids[nearest] == candidate_ids
-    if not same.any():
-        return found
-    matched = candidates[same]
-    matched_card = _segment_of(seg, matched)
-    matched_id = candidate_ids[same]
-    # Matches and queries sorted by (card, id), matches first and by position: the entry
-    # just before a query, if it has the query's card and id, is its last match.
-    m = len(matched)
-    all_card = np.r_[matched_card, card]
-    all_id = np.r_[matched_id, tx_id]
-    is_query = np.r_[np.zeros(m, dtype=bool), np.ones(len(card), dtype=bool)]
-    sort = np.lexsort((np.r_[matched, np.zeros(len(card), dtype=np.int64)], is_query, all_id,
-                       all_card))
-    before, after = sort[:-1], sort[1:]
-    hit = (is_query[after] & ~is_query[before] & (all_card[after] == all_card[before])
-           & (all_id[after] == all_id[before]))
-    found[after[hit] - m] = matched[before[hit]]
-    return found

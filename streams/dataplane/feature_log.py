@@ -1,29 +1,24 @@
-"""The offline feature log: every scored transaction's features exactly as served.
+"""The writer of the offline feature log: every scored transaction's features exactly as
+served.
 
-One parquet file a checkpoint (or a write) and event date, under
-``<root>/event_date=YYYY-MM-DD/``, with the transaction's ids and times, each feature in
-the model's order, the score and the model version, and the shadow version's score while
-a challenger shadows the serving model (``shadow_version`` 0 and ``shadow_score`` NaN
-otherwise). Files are written to a temporary
-name and renamed, so a reader never sees half a file; delivery is at least once, so a
-reader drops repeated ``tx_id`` (they carry identical features).
+One parquet file a checkpoint (or a write) and event date, in the format
+:mod:`models.feature_log` describes and reads (the contract between the workers that write
+the log and the trainer and retrainer that read it). Files are written to a temporary
+name and renamed, so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ID_COLUMNS = ("tx_id", "event_time", "card_id", "terminal_id")
-OUTPUT_COLUMNS = ("score", "model_version", "shadow_score", "shadow_version")
+from models.feature_log import ID_COLUMNS
 
 
 class FeatureLog:
@@ -106,48 +101,3 @@ class FeatureLog:
                 raise
             written += 1
         return written
-
-
-def read_feature_log(root: Path, since_date: str | None = None) -> pd.DataFrame:
-    """Every logged row, one a ``tx_id`` (repeats from redelivery dropped), by ``tx_id``;
-    with ``since_date`` (``YYYY-MM-DD``), only the event dates from it on."""
-    files = sorted(f for f in Path(root).glob("event_date=*/part-*.parquet")
-                   if since_date is None or f.parent.name >= f"event_date={since_date}")
-    if not files:
-        return pd.DataFrame()
-    frame = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
-    return frame.drop_duplicates("tx_id").sort_values("tx_id").reset_index(drop=True)
-
-
-def wait_for_feature_log(root: Path, tx_ids: set[int], timeout_s: float = 60.0,
-                         poll_s: float = 0.5, since_date: str | None = None) -> pd.DataFrame:
-    """:func:`read_feature_log` once it holds every id of ``tx_ids``.
-
-    A worker writes its feature-log rows at its checkpoint (every second by default), so
-    the rows of the latest scores appear up to a checkpoint interval after them. Raises
-    ``TimeoutError`` with the count still missing.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        frame = read_feature_log(root, since_date)
-        held = set(frame["tx_id"].tolist()) if len(frame) else set()
-        missing = len(tx_ids - held)
-        if not missing:
-            return frame
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{missing:,} of {len(tx_ids):,} transactions not in the "
-                               f"feature log at {root} after {timeout_s:.0f} s")
-        time.sleep(poll_s)
-
-
-def with_matured_labels(log: pd.DataFrame, labels: pd.DataFrame, as_of: float) -> pd.DataFrame:
-    """The logged rows whose label is known by ``as_of`` (event time), with the label.
-
-    ``labels`` has the label record's fields (``tx_id``, ``is_fraud``, ``known_at``); a
-    row whose label is not known yet is left out, so training and live quality only ever
-    see labels that existed at ``as_of``.
-    """
-    columns = ["tx_id", "is_fraud", "known_at", *(["feedback"] if "feedback" in labels else [])]
-    matured = labels.loc[labels["known_at"] <= as_of, columns]
-    matured = matured.drop_duplicates("tx_id")
-    return log.merge(matured, on="tx_id", how="inner", validate="one_to_one")

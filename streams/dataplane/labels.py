@@ -7,24 +7,23 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from streams.clients.feast_client import OnlineFeatures, online_features, open_store
-from streams.clients.feast_fast import FastOnlineFeatures
+from streams.clients.feast_client import OnlineFeatures, open_store
+from streams.clients.feast_fast import FastOnlineFeatures, online_features
 from streams.dataplane.batches import RecordBatch
+from streams.dataplane.config import WorkerConfig
 from streams.dataplane.emit import Emitter
 from streams.dataplane.features import TERMINAL_DTYPE, terminal_arrays, update_terminal_history
 from streams.dataplane.metrics import WorkerMetrics
 from streams.dataplane.state import ChangelogState
 from streams.dataplane.store_marks import StoreMarks
-from streams.dataplane.terminal_batch import terminal_features_batch, update_terminal_histories
+from streams.dataplane.terminal_features import terminal_features_batch
+from streams.dataplane.terminal_histories import update_terminal_histories
 from streams.dataplane.watermark import LabelWatermark
 from streams.records import parse_labels
-
-if TYPE_CHECKING:
-    from streams.dataplane.app import WorkerConfig
 
 log = logging.getLogger(__name__)
 

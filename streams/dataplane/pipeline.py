@@ -3,8 +3,8 @@ emit, log.
 
 The batch arrives as :class:`streams.dataplane.batches.RecordBatch` columns (beneath Faust's
 per-event path, ``streams/dataplane/transport.py``); the card windows of every transaction are
-computed over the whole batch at once (``streams/dataplane/card_batch.py``), the terminal features
-likewise (``streams/dataplane/terminal_batch.py``), the scores go out through the C producer, and
+computed over the whole batch at once, the terminal features likewise
+(``streams/dataplane/scoring_features.py``), the scores go out through the C producer, and
 the feature-log rows wait for the worker's checkpoint (``streams/dataplane/checkpoint.py``).
 """
 
@@ -14,39 +14,32 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from streams.clients.feast_client import OnlineFeatures, online_features, open_store
-from streams.clients.feast_fast import FastOnlineFeatures
+from streams.clients.feast_client import OnlineFeatures, open_store
+from streams.clients.feast_fast import FastOnlineFeatures, online_features
 from streams.clients.router import ROUTE_FIELDS, ModelRouter, Route
 from streams.dataplane.batches import RecordBatch
-from streams.dataplane.card_batch import update_card_histories
+from streams.dataplane.config import WorkerConfig
 from streams.dataplane.emit import Emitter
 from streams.dataplane.feature_log import FeatureLog
-from streams.dataplane.features import (
-    CARD_DTYPE,
-    terminal_window_features,
-    transaction_flags_batch,
-    update_card_history,
-)
+from streams.dataplane.features import CARD_DTYPE, transaction_flags_batch, update_card_history
 from streams.dataplane.metrics import WorkerMetrics
 from streams.dataplane.scoring import TritonScorer
+from streams.dataplane.scoring_features import (
+    card_features_of,
+    keyed_by_card,
+    terminal_features_of,
+)
 from streams.dataplane.state import ChangelogState
 from streams.dataplane.store_marks import StoreMarks, marks_key
-from streams.dataplane.terminal_batch import terminal_features_batch
 from streams.dataplane.watermark import LabelWatermark
-from streams.records import ValidationError, encode_scores, parse_transactions
+from streams.records import encode_scores, parse_transactions
 from streams.topics import SCORES
 
-if TYPE_CHECKING:
-    from streams.dataplane.app import WorkerConfig
-
 log = logging.getLogger(__name__)
-SMALL_BATCH = 24
-"""Below this many events the one-event functions cost less than the vectorised ones'
-fixed cost (about 0.5 ms of numpy calls a batch); both give the same bits."""
 
 
 class ScoringPipeline:
@@ -239,84 +232,13 @@ class ScoringPipeline:
         parsed = parse_transactions(batch.value)
         for row, error in parsed.errors:
             self.emitter.dead_letter(batch, row, "validate", error)
-        rows, columns = self._keyed_by_card(batch, parsed.rows, parsed.columns)
+        rows, columns = keyed_by_card(batch, parsed.rows, parsed.columns, self.emitter)
         if len(rows):
-            rows, columns, card_features = self._card_features(batch, rows, columns)
+            rows, columns, card_features = card_features_of(batch, rows, columns, self.state,
+                                                            self.emitter)
         clock = self.metrics.stage("validate_and_card_features", clock)
         if len(rows):
             await self._score(batch, rows, columns, card_features)
-
-    def _keyed_by_card(self, batch: RecordBatch, rows: np.ndarray,
-                       columns: dict[str, np.ndarray]
-                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The valid transactions whose message key is their card id; the others are
-        dead-lettered (``key_mismatch``): a card's events must share its partition, where
-        its state lives, or its windows would be split."""
-        keys = batch.key
-        cards = columns["card_id"].tolist() if len(rows) else []
-        wrong = [i for i, (row, card) in enumerate(zip(rows.tolist(), cards, strict=True))
-                 if keys[row] != b"%d" % card]
-        if not wrong:
-            return rows, columns
-        for i in wrong:
-            key = keys[int(rows[i])]
-            self.emitter.dead_letter(batch, int(rows[i]), "validate", ValidationError(
-                "key_mismatch", f"message key {key!r} is not the card id {cards[i]} (a "
-                                "transaction is keyed by its card)"))
-        keep = np.ones(len(rows), dtype=bool)
-        keep[wrong] = False
-        return rows[keep], {name: column[keep] for name, column in columns.items()}
-
-    def _card_features(self, batch: RecordBatch, rows: np.ndarray,
-                       columns: dict[str, np.ndarray]
-                       ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        """The card windows of every valid transaction, their states staged; a poison
-        event (its card's state unreadable) is dead-lettered and the rest go on."""
-        partitions = batch.partition[rows]
-        index: dict[tuple[int, int], int] = {}
-        card = np.fromiter(
-            (index.setdefault(key, len(index))
-             for key in zip(partitions.tolist(), columns["card_id"].tolist(), strict=True)),
-            np.int64, len(rows))
-        keys = list(index)
-        states = [self.state.get(p, c) for p, c in keys]
-        if len(rows) < SMALL_BATCH:
-            return self._card_features_one_by_one(batch, rows, columns, keys, states, card)
-        try:
-            new_states, features = update_card_histories(
-                states, card, columns["event_time"], columns["amount"], columns["tx_id"])
-        except Exception:  # noqa: BLE001 - find the event that cannot be handled
-            return self._card_features_one_by_one(batch, rows, columns, keys, states, card)
-        put = self.state.put
-        for (p, c), old, new in zip(keys, states, new_states, strict=True):
-            if new is not old:
-                put(p, c, new)
-        return rows, columns, features
-
-    def _card_features_one_by_one(self, batch: RecordBatch, rows: np.ndarray,
-                                  columns: dict[str, np.ndarray],
-                                  keys: list[tuple[int, int]], states: list[bytes],
-                                  card: np.ndarray
-                                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-        states = list(states)
-        kept: list[int] = []
-        features: list[list[float]] = []
-        for i, row in enumerate(rows.tolist()):
-            k = int(card[i])
-            try:
-                states[k], row_features = update_card_history(
-                    states[k], float(columns["event_time"][i]), float(columns["amount"][i]),
-                    int(columns["tx_id"][i]))
-            except Exception as exc:  # noqa: BLE001 - a poison event must not stop the worker
-                self.emitter.dead_letter(batch, row, "features", exc)
-                continue
-            kept.append(i)
-            features.append(row_features)
-        for (p, c), state in zip(keys, states, strict=True):
-            self.state.put(p, c, state)
-        picked = np.array(kept, dtype=np.int64)
-        return (rows[picked], {name: column[picked] for name, column in columns.items()},
-                np.array(features, dtype=np.float64).reshape(len(kept), -1))
 
     async def _shadow_scores(self, features: np.ndarray, shadow: int) -> np.ndarray:
         """The shadow's scores, or NaN when it fails: a shadow never holds up the batch."""
@@ -405,16 +327,7 @@ class ScoringPipeline:
             clock = self.metrics.stage("wait_for_labels", clock)
             labels = self.features.read_terminal_labels(columns["terminal_id"])
             clock = self.metrics.stage("read_terminal_labels", clock)
-        if len(times) < SMALL_BATCH:
-            terminal = np.array([
-                terminal_window_features(*labels[t], float(at)) for t, at in
-                zip(columns["terminal_id"].tolist(), times.tolist(), strict=True)
-            ]).reshape(len(times), -1)
-        else:
-            terminal_ids, terminal_index = np.unique(columns["terminal_id"],
-                                                     return_inverse=True)
-            terminal = terminal_features_batch([labels[t] for t in terminal_ids.tolist()],
-                                               terminal_index, times)
+        terminal = terminal_features_of(labels, columns["terminal_id"], times)
         features = np.hstack([features_in, terminal])
         clock = self.metrics.stage("terminal_features", clock)
         await self.refresh_version(route=route, read=False)

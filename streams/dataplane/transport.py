@@ -10,6 +10,8 @@ one method of Faust's consumer that walks the fetched records) so that the recor
 topic with a :class:`streams.dataplane.batches.BatchBuffer` go to that buffer, one fetched
 partition at a time, and never become Faust events; the records of other topics take
 Faust's own per-message path, exactly as in Faust's loop.
+
+Why a subclass: Faust has no hook on fetched records; a custom transport is its documented seam.
 """
 
 from __future__ import annotations

@@ -18,29 +18,13 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
-from infra.local.manager import Endpoints
+from streams.clients.endpoints import service_endpoints
 from streams.clients.kafka_access import exit_unless_allowed
-from streams.dataplane.app import WorkerConfig, create_app, kafka_needs
+from streams.dataplane.app import create_app, kafka_needs
+from streams.dataplane.config import WorkerConfig
 from streams.dataplane.metrics import WorkerMetrics
 from streams.dataplane.scoring import DecisionPolicy, ReviewBudget
 from streams.settings import REPO_ROOT, Settings
-
-
-def service_endpoints(settings: Settings, command: str = "factory") -> Endpoints:
-    """Kafka, Redis and Triton: from the settings where they name them, else from the
-    local stack started by ``factory up``; one clear line (``SystemExit``) otherwise."""
-    path = settings.state_dir / "endpoints.json"
-    local = Endpoints.load(path) if path.exists() else None
-    explicit = {"kafka": settings.kafka.bootstrap_servers, "triton": settings.triton_url,
-                "redis": settings.redis_url.get() if settings.redis_url else None}
-    missing = [name for name, value in explicit.items() if not value]
-    if missing and local is None:
-        settings_names = {"kafka": "KAFKA_BOOTSTRAP_SERVERS", "redis": "REDIS_URL",
-                          "triton": "TRITON_URL"}
-        raise SystemExit(f"{command}: no {', '.join(missing)} endpoint: run 'factory up' or "
-                         f"set {', '.join(settings_names[n] for n in missing)}")
-    chosen = {name: value or str(getattr(local, name)) for name, value in explicit.items()}
-    return Endpoints(**chosen)
 
 
 def worker_config(settings: Settings, **overrides: object) -> WorkerConfig:

@@ -96,12 +96,12 @@ def bootstrap(args: argparse.Namespace, settings: Settings) -> dict:
     from infra.local.manager import Stack
     from models.evaluation import assess
     from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES, add_model_features
+    from models.feature_log import wait_for_feature_log
     from models.registry import Registry
     from models.trainer import train_version
     from streams.clients.feast_client import apply_repo
     from streams.clients.kafka_io import topic_end_offsets
     from streams.clients.router import ModelRouter
-    from streams.dataplane.feature_log import wait_for_feature_log
     from streams.dataplane.worker import WorkerProcess, role_defaults
     from streams.jobs.job import _wait_for_scores
     from streams.lifecycle.model_events import ModelEvents
@@ -113,7 +113,7 @@ def bootstrap(args: argparse.Namespace, settings: Settings) -> dict:
     )
     from streams.replay.dataset import Dataset
     from streams.replay.producer import ReplayOptions, replay
-    from streams.topics import SCORES
+    from streams.topics import SCORES, kafka_layout
 
     began = time.monotonic()
     history = load_history(args.parquet, args.until, args.label_delay_days)
@@ -129,7 +129,7 @@ def bootstrap(args: argparse.Namespace, settings: Settings) -> dict:
     delay = int(round(args.label_delay_days))
     reference = add_model_features(history, delay_days=delay)
 
-    stack = Stack(settings, triton_repo=args.repo)
+    stack = Stack(settings, kafka_layout(settings.partitions), triton_repo=args.repo)
     endpoints = stack.up()
     labels_group, labels_port = role_defaults("labels", settings)
     score_group, score_port = role_defaults("score", settings)

@@ -100,8 +100,8 @@ def first_model(args: argparse.Namespace, settings: Settings) -> tuple[int, bool
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streams.clients.endpoints import service_endpoints
     from streams.clients.feast_client import apply_repo
-    from streams.dataplane.worker import service_endpoints
     from streams.topics import ensure_topics, topic_partitions
 
     args = parser().parse_args(argv)

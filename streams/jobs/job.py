@@ -23,16 +23,15 @@ import numpy as np
 import pandas as pd
 
 from infra.local.manager import Stack
+from models.feature_log import wait_for_feature_log
 from streams.clients.feast_client import apply_repo, open_store
 from streams.clients.kafka_io import Received, consume, topic_end_offsets
 from streams.clients.router import ModelRouter
-from streams.dataplane.feature_log import wait_for_feature_log
+from streams.clients.triton_models import TRITON_REPO, load_model, published_versions
 from streams.dataplane.worker import WorkerProcess, replay_workers
 from streams.records import Score
-from streams.settings import REPO_ROOT, Settings
-from streams.topics import SCORES
-
-TRITON_REPO = REPO_ROOT / "triton_repo"
+from streams.settings import Settings
+from streams.topics import SCORES, kafka_layout
 
 
 def log(message: str) -> None:
@@ -49,12 +48,6 @@ class JobSize:
     train_days: tuple[int, int] = (14, 28)
     valid_days: tuple[int, int] = (28, 31)
     test_days: tuple[int, int] = (38, 45)
-
-
-def published_versions(repo: Path = TRITON_REPO) -> list[int]:
-    model_dir = repo / "fraud_detector"
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / "model.onnx").exists())
 
 
 def ensure_first_model(repo: Path, reference: pd.DataFrame, size: JobSize, seed: int = 0) -> int:
@@ -86,23 +79,6 @@ def ensure_first_model(repo: Path, reference: pd.DataFrame, size: JobSize, seed:
     model = fit_fraud_model(train, valid, seed=seed)
     publish_version(model, repo, 1)
     return 1
-
-
-def load_model(triton_url: str, versions: list[int], repo: Path = TRITON_REPO) -> None:
-    """Load exactly ``versions`` of ``fraud_detector`` into Triton (explicit control), on
-    each endpoint of ``triton_url`` (one, or several comma-separated)."""
-    import tritonclient.grpc as grpcclient
-
-    from models.triton_config import load_request_config
-    from streams.clients.triton_fleet import triton_urls
-
-    config = load_request_config(repo / "fraud_detector" / "config.pbtxt", versions)
-    for url in triton_urls(triton_url):
-        client = grpcclient.InferenceServerClient(url=url)
-        client.load_model("fraud_detector", config=config)
-        for version in versions:
-            if not client.is_model_ready("fraud_detector", str(version)):
-                raise RuntimeError(f"fraud_detector version {version} did not become ready")
 
 
 def reset_online_store(redis_url: str) -> None:
@@ -220,7 +196,7 @@ def run(size: JobSize | None = None, keep_up: bool = False, settings: Settings |
 
     size = size or JobSize()
     settings = settings or Settings.from_env()
-    stack = Stack(settings, triton_repo=triton_repo)
+    stack = Stack(settings, kafka_layout(settings.partitions), triton_repo=triton_repo)
     already = {name for name, state in stack.status().items() if state == "up"}
     log("starting services")
     endpoints = stack.up()

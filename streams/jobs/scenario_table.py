@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streams.jobs.job import TRITON_REPO, log
+from streams.clients.triton_models import TRITON_REPO
+from streams.jobs.job import log
 from streams.settings import Settings
 
 SCENARIOS: dict[str, str] = {

@@ -96,8 +96,10 @@ class Service:
         from infra.local.manager import Stack
         from streams.clients.feast_client import apply_repo
         from streams.dataplane.worker import WorkerProcess, role_defaults
+        from streams.topics import kafka_layout
 
-        stack = Stack(self.settings, triton_repo=self.args.repo)
+        stack = Stack(self.settings, kafka_layout(self.settings.partitions),
+                      triton_repo=self.args.repo)
         self.endpoints = stack.up()
         apply_repo(self.endpoints.redis)
         champion = self.serve_champion()
@@ -155,7 +157,7 @@ class Service:
 
         from streams.lifecycle.model_events import RetrainerMetrics
         from streams.lifecycle.retrain_policy import TriggerPolicy
-        from streams.lifecycle.retrainer import RetrainerConfig
+        from streams.lifecycle.retrainer_config import RetrainerConfig
 
         self.config = RetrainerConfig(
             feature_log=self.feature_log, repo_dir=self.args.repo,

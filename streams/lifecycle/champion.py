@@ -1,7 +1,7 @@
 """What the retrainer watches of the serving model: its drift monitor, fed with the rows
 it scored and their matured labels.
 
-The monitor needs the champion's :class:`~models.monitors.ReferenceProfile`, kept
+The monitor needs the champion's :class:`~models.reference_profile.ReferenceProfile`, kept
 beside its registry entry as ``<registry>/profiles/<n>.json``. A version the retrainer
 trained has one from its training rows; for any other (a first model, a hand-published
 one) the profile is built from the first day of rows it scored in the feature log, and
@@ -16,20 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.monitors import (
-    DriftDecision,
-    DriftMonitor,
-    DriftThresholds,
-    QualityBaseline,
-    ReferenceProfile,
-)
-from models.registry import (
-    ModelVersion,
-    Registry,
-    UnknownVersionError,
-    published_dirs,
-    write_text_atomic,
-)
+from models.drift_decisions import DriftDecision, DriftThresholds
+from models.drift_monitor import DriftMonitor
+from models.label_quality import QualityBaseline
+from models.model_version import ModelVersion
+from models.reference_profile import ReferenceProfile
+from models.registry import Registry, UnknownVersionError, published_dirs, write_text_atomic
 from models.simulator import SECONDS_PER_DAY
 from models.triton_config import MODEL_NAME
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from models.monitors import MONITORS, DriftDecision, DriftMetrics
+from models.drift_decisions import MONITORS, DriftDecision, DriftMetrics
 from models.simulator import SECONDS_PER_DAY
 from streams.lifecycle.retrain_policy import DriftLatch
 from streams.settings import Settings

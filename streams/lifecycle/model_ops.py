@@ -29,8 +29,8 @@ import pandas as pd
 
 from models.registry import Registry
 from models.triton_config import MODEL_NAME
+from streams.clients.endpoints import service_endpoints
 from streams.clients.router import ModelRouter
-from streams.dataplane.worker import service_endpoints
 from streams.lifecycle.model_events import ModelEvents
 from streams.lifecycle.retrain_inputs import FeatureLogTail, LabelFeed
 from streams.lifecycle.retrain_policy import ShadowStats, shadow_agreement
@@ -139,10 +139,11 @@ class ModelOperator:
 
     def gate(self, version: int, champion: int) -> dict:
         """Run the gate on ``version`` against ``champion``; the record it published."""
+        from models.feature_log import frame_from_feature_log
         from models.gate import evaluate_gate
-        from models.trainer import frame_from_feature_log, load_weights, weights_path
+        from models.trainer import load_weights, weights_path
+        from streams.lifecycle.gate_window import gate_window
         from streams.lifecycle.retrain_policy import gate_split
-        from streams.lifecycle.retrainer import gate_window
 
         labels = read_labels(self.endpoints.kafka, self.op.settings)
         if not len(labels):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from models.feature_log import read_feature_log
 from streams.records import Label, ValidationError
 from streams.settings import Settings
 
@@ -75,8 +76,6 @@ class FeatureLogTail:
 
     def rows(self, tx_ids: np.ndarray) -> pd.DataFrame:
         """The logged rows (features included) of ``tx_ids``, read again from the parts."""
-        from streams.dataplane.feature_log import read_feature_log
-
         log = _with_defaults(read_feature_log(self.root))
         return log[log["tx_id"].isin(tx_ids)].reset_index(drop=True)
 
@@ -132,7 +131,7 @@ class LabelBook:
     def records(self) -> pd.DataFrame:
         """``tx_id``, ``is_fraud``, ``known_at``, ``feedback`` of every label (the
         trainer's input), the delayed labels first: where both are known, the delayed
-        one counts (:func:`streams.dataplane.feature_log.with_matured_labels` keeps the first)."""
+        one counts (:func:`models.feature_log.with_matured_labels` keeps the first)."""
         return self.frame.sort_values("feedback", kind="stable")[
             ["tx_id", "is_fraud", "known_at", "feedback"]]
 

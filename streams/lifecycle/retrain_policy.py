@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.monitors import MONITORS, DriftDecision, QualityBaseline, window_quality
-from models.registry import Trigger
+from models.drift_decisions import MONITORS, DriftDecision
+from models.label_quality import QualityBaseline, window_quality
+from models.model_version import Trigger
 from models.simulator import SECONDS_PER_DAY
 
 
@@ -261,7 +262,7 @@ def shadow_agreement(scores: np.ndarray, shadow_scores: np.ndarray) -> ShadowSta
 class DriftLatch:
     """Keeps ``factory_drift_detected`` of a monitor at 1 after a detection.
 
-    :class:`models.monitors.DriftMetrics` sets it for one evaluation only, which a 5-s
+    :class:`models.drift_decisions.DriftMetrics` sets it for one evaluation only, which a 5-s
     scrape can miss. A detection holds until :meth:`clear` (the model that answers the
     drift is promoted) or until ``hold_seconds`` of event time pass.
     """

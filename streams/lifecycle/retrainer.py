@@ -12,7 +12,8 @@ models on those rows; a challenger that passes is swapped in through the router
 compared with its predecessor on them and rolled back when worse.
 
 ``factory retrainer --feature-log DIR`` runs it (:func:`connect` builds it on the
-services).
+services). Its settings are a :class:`~streams.lifecycle.retrainer_config.RetrainerConfig`;
+what a step and a retraining return is in :mod:`streams.lifecycle.retrainer_reports`.
 """
 
 from __future__ import annotations
@@ -20,30 +21,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from models.gate import GateConfig, GateReport, GateWindow, evaluate_gate
-from models.monitors import DriftThresholds
-from models.recipe import DEFAULT_RECIPE, Recipe
-from models.reference_features import TARGET_COLUMN
+from models.feature_log import FEEDBACK_COLUMN, frame_from_feature_log, recent_rows
+from models.gate import GateWindow, evaluate_gate
 from models.registry import Registry
 from models.simulator import SECONDS_PER_DAY
-from models.trainer import (
-    FEEDBACK_COLUMN,
-    frame_from_feature_log,
-    load_weights,
-    recent_rows,
-    train_version,
-    weights_path,
-)
+from models.trainer import load_weights, train_version, weights_path
 from models.triton_config import MODEL_NAME
 from streams.clients.router import ModelRouter
 from streams.lifecycle.champion import ChampionMonitor, choose_champion
+from streams.lifecycle.gate_window import gate_window
 from streams.lifecycle.model_events import ModelEvents, RetrainerMetrics
 from streams.lifecycle.retrain_inputs import FeatureLogTail, LabelBook, LabelFeed
 from streams.lifecycle.retrain_policy import (
@@ -51,17 +43,17 @@ from streams.lifecycle.retrain_policy import (
     RollbackVerdict,
     ShadowStats,
     TriggerDecision,
-    TriggerPolicy,
     TriggerState,
     due_trigger,
     fit_window,
     gate_split,
     shadow_agreement,
 )
+from streams.lifecycle.retrainer_config import RetrainerConfig
+from streams.lifecycle.retrainer_reports import RetrainOutcome, StepReport
 from streams.lifecycle.swap import (
     ModelSwapper,
     SwapBusy,
-    SwapConfig,
     SwapError,
     SwapReport,
     compare_live,
@@ -70,79 +62,6 @@ from streams.settings import Settings
 from streams.topics import FEEDBACK
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetrainerConfig:
-    """What the retrainer reads, how it trains, judges and swaps."""
-
-    feature_log: Path
-    repo_dir: Path
-    gate_days: int = 7
-    valid_days: int = 7
-    # The gate window also picks the early-stopping epoch, so a challenger learns from
-    # days up to the gate's (streams.lifecycle.retrain_policy.fit_window); valid_days then unused.
-    validate_on_gate: bool = True
-    warm_start: bool = True
-    recipe: Recipe = DEFAULT_RECIPE
-    trigger: TriggerPolicy = field(default_factory=TriggerPolicy)
-    thresholds: DriftThresholds = field(default_factory=DriftThresholds)
-    gate: GateConfig = field(default_factory=GateConfig)
-    swap: SwapConfig = field(default_factory=SwapConfig)
-    rollback_min_rows: int = 2000
-    rollback_min_positives: int = 20
-    retention_days: float = 90.0
-    poll_s: float = 2.0
-    seed: int = 0
-    # Investigators' verdicts (the feedback topic) weigh this share of a training's loss
-    # (models.trainer.train_version); they never enter the gate or the drift monitors.
-    feedback_share: float = 0.5
-
-    @property
-    def log_features(self) -> list[str]:
-        """The recipe's features as the feature log names them."""
-        from models.extra_features import SERVING_NAMES
-
-        return [SERVING_NAMES[c] for c in self.recipe.features]
-
-
-@dataclass
-class RetrainOutcome:
-    """One challenger's fate: ``promoted``, ``rejected`` or ``failed``."""
-
-    status: str
-    version: int | None = None
-    reasons: list[str] = field(default_factory=list)
-    gate: GateReport | None = None
-    swap: SwapReport | None = None
-    train_seconds: float | None = None
-
-
-@dataclass
-class StepReport:
-    """What one step read and did."""
-
-    now: float | None = None
-    rows: int = 0
-    labels: int = 0
-    feedback: int = 0
-    matured: int = 0
-    decisions: int = 0
-    detected: list[str] = field(default_factory=list)
-    trigger: TriggerDecision | None = None
-    outcome: RetrainOutcome | None = None
-    rollback: RollbackVerdict | None = None
-
-
-def gate_window(frame: pd.DataFrame, split: GateSplit, features: Sequence[str]) -> GateWindow:
-    """The labelled rows of ``frame`` (:func:`models.trainer.frame_from_feature_log`) in
-    the gate window ``split``."""
-    times = frame["TX_DATETIME"].to_numpy("datetime64[s]").astype(np.int64)
-    rows = frame[(times >= split.start) & (times < split.end)]
-    return GateWindow(features=rows[list(features)].to_numpy(np.float32),
-                      labels=rows[TARGET_COLUMN].to_numpy(np.int64),
-                      cards=rows["CUSTOMER_ID"].to_numpy(),
-                      days=rows["TX_TIME_DAYS"].to_numpy())
 
 
 class Retrainer:

@@ -218,7 +218,7 @@ def triton_guard(*, redis_url: str, triton_urls: list[str], registry_dir: Path,
                  metrics: GuardMetrics | None = None, interval_s: float = 1.0
                  ) -> ServingGuard:
     """A guard on real services: the route in Redis, the registry, Triton over gRPC."""
-    from streams.jobs.job import load_model
+    from streams.clients.triton_models import load_model
     from streams.lifecycle.swap import triton_ready_versions
 
     return ServingGuard(

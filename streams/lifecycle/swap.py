@@ -112,7 +112,7 @@ def triton_loader(triton_url: str, repo_dir: Path) -> Callable[[list[int]], None
     Every endpoint is asked even when one fails, so that an unload after a drain leaves
     no endpoint behind because another was down; the failures are raised together.
     """
-    from streams.jobs.job import load_model
+    from streams.clients.triton_models import load_model
 
     urls = triton_urls(triton_url)
 

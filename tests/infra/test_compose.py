@@ -141,7 +141,7 @@ def test_the_scoring_worker_and_the_retrainer_share_the_feature_log(
 def test_factory_services_get_only_settings_the_factory_reads(
         resolved: tuple[str, dict[str, Any]]) -> None:
     _, spec = resolved
-    read = (REPO_ROOT / "streams" / "settings.py").read_text()
+    read = "".join((REPO_ROOT / top / "settings.py").read_text() for top in ("streams", "infra"))
     for name in FACTORY_SERVICES:
         unread = [k for k in spec["services"][name]["environment"] if f'"{k}"' not in read]
         assert not unread, f"{name}: settings the factory never reads: {unread}"

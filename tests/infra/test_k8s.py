@@ -20,8 +20,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from infra import deploy_assets
 from streams.dataplane.worker import role_defaults
+from streams.jobs import deploy_assets
 from streams.jobs.deploy_init import CONFIGS
 from streams.jobs.deploy_init import parser as init_parser
 from streams.settings import REPO_ROOT, Settings
@@ -77,7 +77,7 @@ def settings_data(overlay: str) -> dict[str, str]:
 
 
 def test_the_generated_objects_are_made_from_their_sources() -> None:
-    assert deploy_assets.main(["--check"]) == 0, "run python -m infra.deploy_assets"
+    assert deploy_assets.main(["--check"]) == 0, "run python -m streams.jobs.deploy_assets"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -327,8 +327,8 @@ def test_credentials_only_come_from_secrets(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_factory_pods_are_given_only_settings_the_factory_reads(overlay: str) -> None:
     """A misspelled setting would be ignored silently: every name is one
-    streams/settings.py or Feast's configuration reads."""
-    read = (REPO_ROOT / "streams" / "settings.py").read_text()
+    streams/settings.py, infra/settings.py or Feast's configuration reads."""
+    read = "".join((REPO_ROOT / top / "settings.py").read_text() for top in ("streams", "infra"))
     names = set(settings_data(overlay))
     for _, container in factory_containers(overlay):
         names |= {e["name"] for e in container["env"]}

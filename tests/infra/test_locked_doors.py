@@ -33,17 +33,17 @@ import pytest
 from infra.local.base import free_port
 from infra.local.kafka_security import (
     ADMIN_USER,
-    FACTORY_TOPICS,
     KafkaSecurity,
     acl_filter,
-    factory_acl_rules,
     rule_binding,
     salted_scram,
 )
 from infra.local.manager import Endpoints, Stack
 from infra.local.redis import RedisService
+from infra.settings import Secret
 from streams.clients.feast_client import feast_redis_connection
-from streams.settings import REPO_ROOT, Secret, Settings
+from streams.settings import REPO_ROOT, Settings
+from streams.topics import FACTORY_TOPICS, factory_acl_rules, kafka_layout
 from tests.streams.factory_shell import Shell, shell_env, wait_ready
 
 KAFKA_PASSWORD = "kafka-factory-pw-Q7w3Zx"
@@ -87,7 +87,7 @@ def test_secure_settings_point_clients_at_scram_over_tls_and_never_print_the_pas
 def test_the_secured_broker_has_no_plaintext_listener_and_denies_what_no_acl_allows(
         tmp_path: Path) -> None:
     security = KafkaSecurity(tmp_path, "factory", Secret(KAFKA_PASSWORD),
-                             Secret(ADMIN_PASSWORD))
+                             tuple(factory_acl_rules()), Secret(ADMIN_PASSWORD))
     props = security.server_properties(9092, 9093)
     protocols = dict(entry.split(":") for entry in
                      props["listener.security.protocol.map"].split(","))
@@ -132,7 +132,8 @@ def test_the_factory_user_gets_its_topics_and_prefixes_and_nothing_cluster_wide(
 
 
 def test_a_worker_asks_for_its_sources_outputs_changelogs_and_groups() -> None:
-    from streams.dataplane.app import WorkerConfig, kafka_needs
+    from streams.dataplane.app import kafka_needs
+    from streams.dataplane.config import WorkerConfig
 
     config = WorkerConfig("k", "r", "t", Settings(), app_id="fraud-factory", role="score")
     needs = kafka_needs(config)
@@ -186,7 +187,7 @@ class Secured:
     def admin(self):  # noqa: ANN201 - confluent type
         from confluent_kafka.admin import AdminClient
 
-        kafka = Stack(self.settings).services["kafka"]
+        kafka = Stack(self.settings, kafka_layout(self.settings.partitions)).services["kafka"]
         return AdminClient({**kafka.admin_config(), "log_level": 0})  # type: ignore[attr-defined]
 
     def client(self, **overrides: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ import pytest
 from infra.local.base import PrerequisiteError, free_port, pid_alive, port_is_open
 from infra.local.manager import Stack
 from streams.settings import Settings
+from streams.topics import kafka_layout
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +26,12 @@ def fresh_settings(state: Path) -> Settings:
     )
 
 
+def stack_of(settings: Settings) -> Stack:
+    return Stack(settings, kafka_layout(settings.partitions))
+
+
 def test_up_twice_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
-    stack = Stack(fresh_settings(tmp_path))
+    stack = stack_of(fresh_settings(tmp_path))
     ports = [p for s in stack.services.values() for p in s.ports.values()]
     try:
         stack.up(echo=False)
@@ -47,7 +52,7 @@ def test_up_twice_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> Non
 def test_the_local_redis_keeps_its_data_across_a_restart(tmp_path: Path) -> None:
     import redis
 
-    stack = Stack(fresh_settings(tmp_path))
+    stack = stack_of(fresh_settings(tmp_path))
     try:
         url = stack.up(["redis"], echo=False).redis
         client = redis.Redis.from_url(url)
@@ -68,7 +73,7 @@ def test_a_taken_port_gives_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", settings.redis_port))
         squatter.listen()
-        stack = Stack(settings)
+        stack = stack_of(settings)
         with pytest.raises(PrerequisiteError) as caught:
             stack.up(["redis"], echo=False)
     message = str(caught.value)
@@ -80,7 +85,7 @@ def test_external_services_are_used_and_never_started(tmp_path: Path) -> None:
     settings = dataclasses.replace(
         fresh_settings(tmp_path), triton_url="triton.example:8001",
     )
-    stack = Stack(settings)
+    stack = stack_of(settings)
     assert "triton" not in stack.services
     assert stack.status()["triton"] == "external"
     assert stack.endpoints().triton == "triton.example:8001"

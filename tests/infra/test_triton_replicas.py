@@ -12,10 +12,12 @@ from infra.local.base import PrerequisiteError
 from infra.local.manager import Stack
 from infra.local.triton import TritonService
 from streams.settings import Settings
+from streams.topics import kafka_layout
 
 
 def stack_of(tmp_path: Path, **changes: object) -> Stack:
-    return Stack(dataclasses.replace(Settings(), state_dir=tmp_path, **changes))
+    settings = dataclasses.replace(Settings(), state_dir=tmp_path, **changes)
+    return Stack(settings, kafka_layout(settings.partitions))
 
 
 def test_one_triton_by_default_as_before(tmp_path: Path) -> None:

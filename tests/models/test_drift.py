@@ -8,15 +8,15 @@ from sklearn.metrics import average_precision_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from models.drift import (
+from models.drift import apply_drift
+from models.drift_scenarios import (
     CARD_TESTING_SCENARIO,
     DEFAULT_LABEL_DELAY_DAYS,
-    LABEL_DELAY_COLUMN,
     NIGHT_SPREE_SCENARIO,
-    DriftSpec,
-    apply_drift,
     label_delays,
 )
+from models.drift_spec import DriftSpec
+from models.extra_features import LABEL_DELAY_COLUMN
 from models.reference_features import FEATURE_COLUMNS, add_reference_features
 from models.simulator import RAW_COLUMNS, fingerprint, simulate
 

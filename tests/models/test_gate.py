@@ -16,8 +16,8 @@ from torch import nn
 from models import gate
 from models.export import export_onnx
 from models.gate import GateConfig, GateWindow, evaluate_gate, expected_calibration_error
+from models.label_quality import QualityBaseline, window_quality
 from models.mlp import FraudMLP
-from models.monitors import QualityBaseline, window_quality
 from models.train import synthetic_dataset, train_mlp
 from models.triton_config import read_model_config
 

@@ -11,21 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from scipy.stats import ks_2samp
 
+from models.drift_decisions import DriftDecision, DriftMetrics, DriftThresholds
+from models.drift_monitor import DriftMonitor
 from models.evaluation import card_precision_at_k
-from models.monitors import (
-    PSI_EPSILON,
-    DriftDecision,
-    DriftMetrics,
-    DriftMonitor,
-    DriftThresholds,
-    Histogram,
-    PageHinkley,
-    ReferenceProfile,
-    ks_test,
-    log_loss,
-    psi,
-    window_quality,
-)
+from models.label_quality import PageHinkley, log_loss, window_quality
+from models.reference_profile import PSI_EPSILON, Histogram, ReferenceProfile, ks_test, psi
 
 HOUR = 3600.0
 DAY = 86400.0

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from models import oracle
-from models.drift import LABEL_DELAY_COLUMN
+from models.extra_features import LABEL_DELAY_COLUMN
 from models.oracle import (
     daily_ap,
     event_seconds,

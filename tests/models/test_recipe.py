@@ -9,18 +9,11 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from models.binned_mlp import BinnedMLP, FraudEnsemble
 from models.export import export_onnx
 from models.extra_features import MODEL_FEATURE_COLUMNS, add_model_features
-from models.recipe import (
-    WEIGHT_COLUMN,
-    BinnedMLP,
-    FraudEnsemble,
-    Recipe,
-    fit_fraud_model,
-    match_prior,
-    predict,
-    training_window,
-)
+from models.recipe import WEIGHT_COLUMN, Recipe, fit_fraud_model, match_prior, predict
+from models.recipe_quality import training_window
 from models.simulator import simulate
 
 FAST = Recipe(

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import ModelVersion, Registry, UnknownVersionError, Window
+from models.model_version import ModelVersion, Window
+from models.registry import Registry, UnknownVersionError
 
 
 def entry(version: int, parent: int | None = None, **changes: object) -> ModelVersion:

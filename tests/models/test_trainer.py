@@ -10,15 +10,14 @@ import pandas as pd
 import pytest
 
 from models.extra_features import EXTRA_FEATURE_COLUMNS, SERVING_NAMES
-from models.monitors import Histogram, ReferenceProfile
+from models.feature_log import frame_from_feature_log, recent_rows
 from models.recipe import DEFAULT_RECIPE, Recipe, predict
 from models.reference_features import FEATURE_COLUMNS
+from models.reference_profile import Histogram, ReferenceProfile
 from models.registry import Registry, UnknownVersionError
 from models.trainer import (
-    frame_from_feature_log,
     frame_from_simulator,
     load_weights,
-    recent_rows,
     split_windows,
     train_version,
     weights_path,

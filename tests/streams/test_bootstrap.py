@@ -29,7 +29,8 @@ REPLAY_COLUMNS = ["TRANSACTION_ID", "TX_DATETIME", "CUSTOMER_ID", "TERMINAL_ID",
 
 def simulated_history(path: Path) -> pd.DataFrame:
     """56 days of 300 cards with card testing from day 35, as a team would export it."""
-    from models.drift import DriftSpec, apply_drift
+    from models.drift import apply_drift
+    from models.drift_spec import DriftSpec
     from models.simulator import simulate
 
     raw = simulate(n_customers=300, n_terminals=600, nb_days=56)
@@ -55,7 +56,7 @@ def test_bootstrap_then_serve_continues_the_history_with_the_batch_reference_fea
     shell: Shell, tmp_path: Path,
 ) -> None:
     from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES, add_model_features
-    from streams.dataplane.feature_log import wait_for_feature_log
+    from models.feature_log import wait_for_feature_log
 
     world = simulated_history(tmp_path / "history.parquet")
     until = str((world["TX_DATETIME"].iloc[0].normalize() + pd.Timedelta(days=42)).date())

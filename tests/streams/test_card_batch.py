@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import streams.dataplane.card_batch as card_batch
+import streams.dataplane.card_state_search as card_state_search
 from streams.dataplane.card_batch import update_card_histories
 from streams.dataplane.features import CARD_DTYPE, DAY, card_entries, update_card_history
 
@@ -120,7 +121,7 @@ def test_ties_in_event_time() -> None:
 def lookup(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Ids looked up in the states one by one (few of them) or by a hash (many)."""
     if request.param == "hash":
-        monkeypatch.setattr(card_batch, "_FEW_SEARCHES", -1)
+        monkeypatch.setattr(card_state_search, "_FEW_SEARCHES", -1)
     return request.param
 
 

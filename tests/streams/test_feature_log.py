@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from streams.dataplane.feature_log import FeatureLog, read_feature_log, with_matured_labels
+from models.feature_log import read_feature_log, with_matured_labels
+from streams.dataplane.feature_log import FeatureLog
 
 NAMES = ["tx_amount", "card_activity__nb_tx_1day"]
 

@@ -220,7 +220,8 @@ def test_batch_features_follow_late_labels_as_the_stream_does() -> None:
     """With a per-row LABEL_DELAY_DAYS (the label_delay drift: half the labels of days
     30-60 arrive 9-20 days late), the batch reference leaves each late label out of the
     windows until it arrives, as the stream does, on every row."""
-    from models.drift import DriftSpec, apply_drift
+    from models.drift import apply_drift
+    from models.drift_spec import DriftSpec
     from models.extra_features import LABEL_DELAY_COLUMN, add_model_features
     from models.simulator import simulate
 

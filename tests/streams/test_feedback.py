@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from models.feature_log import with_matured_labels
 from models.recipe import WEIGHT_COLUMN
 from models.trainer import with_feedback
-from streams.dataplane.feature_log import with_matured_labels
 from streams.lifecycle.retrain_inputs import LabelBook
 from streams.records import Label
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from infra.local.base import free_port, port_is_open
-from streams.jobs.loop import LoopSize, run_loop
+from streams.jobs.loop import run_loop
+from streams.jobs.loop_world import LoopSize
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import SCORES
 from tests.streams.sink_checks import read_when_services_stop, tx_ids

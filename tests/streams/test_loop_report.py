@@ -84,7 +84,7 @@ def test_the_seed_table_gives_each_world_and_the_mean_and_spread() -> None:
 def test_the_comparison_starts_at_the_drift_or_where_the_first_model_went_live() -> None:
     """A control run without drift (and a team's own data) is compared from the first
     model's last day, not from after the run's end (which left nothing to compare)."""
-    from streams.jobs.loop import LoopSize, drift_start_day
+    from streams.jobs.loop_world import LoopSize, drift_start_day
 
     assert drift_start_day(LoopSize(drift="card_testing:start=42,days=42,intensity=10")) == 42
     assert drift_start_day(LoopSize(drift="none", first_model_end_day=35)) == 35

@@ -10,7 +10,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.clients.kafka_io import produce
-from streams.dataplane.app import FactoryApp, WorkerConfig, source_offsets
+from streams.dataplane.app import FactoryApp, source_offsets
+from streams.dataplane.config import WorkerConfig
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.extra_features import MODEL_FEATURE_COLUMNS, SERVING_NAMES, add_model_features
+from models.feature_log import ID_COLUMNS, OUTPUT_COLUMNS, wait_for_feature_log
 from models.simulator import simulate
 from streams.clients.feast_client import OnlineFeatures, model_feature_order, open_store
 from streams.clients.kafka_io import Received, consume, pin_new_group, topic_end_offsets
 from streams.clients.offline_store import export_offline, training_set
-from streams.dataplane.feature_log import ID_COLUMNS, OUTPUT_COLUMNS, wait_for_feature_log
 from streams.dataplane.features import DAY, TERMINAL_RETENTION_S, terminal_window_features
 from streams.replay.dataset import Dataset
 from streams.replay.producer import ReplayOptions, replay

@@ -17,11 +17,13 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from models.drift import DriftSpec, apply_drift
+from models.drift import apply_drift
+from models.drift_spec import DriftSpec
 from models.simulator import simulate
 from streams.clients import kafka_io as clients
 from streams.clients.kafka_io import topic_end_offsets
 from streams.records import Label, Transaction
+from streams.replay import cli as replay_cli
 from streams.replay import producer
 from streams.replay.dataset import (
     Checkpoint,
@@ -84,9 +86,9 @@ def test_bad_parquet_produces_nothing(
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("Kafka was contacted")
 
-    monkeypatch.setattr(producer, "ensure_replay_topics", fail)
-    monkeypatch.setattr(producer, "replay", fail)
-    assert producer.main(["--parquet", str(path), "--bootstrap", "127.0.0.1:1"]) == 2
+    monkeypatch.setattr(replay_cli, "ensure_replay_topics", fail)
+    monkeypatch.setattr(replay_cli, "replay", fail)
+    assert replay_cli.main(["--parquet", str(path), "--bootstrap", "127.0.0.1:1"]) == 2
     assert "column 'TX_DATETIME' is not sorted" in capsys.readouterr().err
 
 
@@ -230,7 +232,7 @@ def test_replay_to_kafka(live_stack, tmp_path: Path, monkeypatch: pytest.MonkeyP
     real = clients.producer
     monkeypatch.setattr(clients, "producer",
                         lambda *a, **k: _RecordingProducer(real(*a, **k), log))
-    assert producer.main(argv) == 0
+    assert replay_cli.main(argv) == 0
 
     start = {p: 0 for p in range(4)}
     txs = _read(kafka, tx_topic, start, n)
@@ -292,7 +294,7 @@ def test_resume_after_a_limit(live_stack, tmp_path: Path, monkeypatch: pytest.Mo
     n, k = len(dataset), len(dataset) // 2
     start = {t: topic_end_offsets(kafka, settings, t) for t in (TRANSACTIONS, LABELS)}
     argv = ["--parquet", str(path), "--bootstrap", kafka, "--quiet", "--label-delay-days", "2"]
-    assert producer.main([*argv, "--limit", str(k)]) == 0
+    assert replay_cli.main([*argv, "--limit", str(k)]) == 0
     checkpoint = Checkpoint(tmp_path, dataset.fingerprint())
     next_row, label_position = checkpoint.load()  # type: ignore[misc]
     assert next_row == k
@@ -301,14 +303,14 @@ def test_resume_after_a_limit(live_stack, tmp_path: Path, monkeypatch: pytest.Mo
     clock = dataset.event_time[k - 1]
     assert all(Label.parse(v).known_at <= clock for *_, v in first_labels)
 
-    assert producer.main([*argv, "--resume"]) == 0
+    assert replay_cli.main([*argv, "--resume"]) == 0
     assert checkpoint.load() == (n, n)
     txs = _read(kafka, TRANSACTIONS, start[TRANSACTIONS], n)
     labels = _read(kafka, LABELS, start[LABELS], n)
     assert sorted(Transaction.parse(v).tx_id for *_, v in txs) == dataset.tx_id.tolist()
     assert sorted(Label.parse(v).tx_id for *_, v in labels) == dataset.tx_id.tolist()
     # Nothing is left to do: a third run produces nothing.
-    assert producer.main([*argv, "--resume"]) == 0
+    assert replay_cli.main([*argv, "--resume"]) == 0
     end = topic_end_offsets(kafka, settings, TRANSACTIONS)
     assert sum(end.values()) - sum(start[TRANSACTIONS].values()) == n
 

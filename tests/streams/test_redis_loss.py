@@ -46,6 +46,7 @@ def test_a_redis_restarted_empty_is_filled_again_before_scoring_and_features_sta
     from streams.replay.dataset import Dataset
     from streams.replay.producer import ReplayOptions, replay
     from streams.settings import Settings
+    from streams.topics import kafka_layout
 
     shell("up")
     for name, value in shell.env.items():
@@ -83,7 +84,7 @@ def test_a_redis_restarted_empty_is_filled_again_before_scoring_and_features_sta
     # state missing (rather than racing the labels worker's restore).
     labels_pid = int(re.search(r"labels worker up \(pid (\d+)",  # type: ignore[union-attr]
                                (tmp_path / "serve.log").read_text()).group(1))
-    redis = Stack(settings).services["redis"]
+    redis = Stack(settings, kafka_layout(settings.partitions)).services["redis"]
     os.kill(labels_pid, signal.SIGSTOP)
     try:
         start_empty(redis)

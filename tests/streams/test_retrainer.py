@@ -19,17 +19,19 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 
+from models.feature_log import read_feature_log
 from models.gate import GateConfig
+from models.model_version import ModelVersion
 from models.recipe import Recipe
-from models.registry import ModelVersion, Registry
+from models.registry import Registry
 from models.trainer import frame_from_simulator, train_version
 from models.triton_config import MODEL_NAME
 from streams.clients.kafka_io import Received, consume, producer, topic_end_offsets
 from streams.clients.router import ModelRouter
-from streams.dataplane.feature_log import read_feature_log
-from streams.jobs.job import load_model
+from streams.clients.triton_models import load_model
 from streams.lifecycle.retrain_policy import GateSplit, TriggerPolicy
-from streams.lifecycle.retrainer import Retrainer, RetrainerConfig, connect
+from streams.lifecycle.retrainer import Retrainer, connect
+from streams.lifecycle.retrainer_config import RetrainerConfig
 from streams.lifecycle.swap import SwapConfig, triton_ready_versions
 from streams.records import Score
 from streams.topics import MODEL_EVENTS, SCORES, TRANSACTIONS

@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 from prometheus_client import generate_latest
 
+from models.drift_decisions import DriftDecision, DriftThresholds
 from models.extra_features import SERVING_NAMES
 from models.gate import GateConfig
-from models.monitors import DriftDecision, DriftThresholds
+from models.model_version import ModelVersion, Window
 from models.recipe import DEFAULT_RECIPE, Recipe
-from models.registry import ModelVersion, Registry, Window
+from models.registry import Registry
 from models.simulator import SECONDS_PER_DAY as DAY
 from models.trainer import frame_from_simulator, split_windows, train_version
 from models.triton_config import DEFAULT_CONFIG_PATH, MODEL_NAME
@@ -37,7 +38,8 @@ from streams.lifecycle.retrain_policy import (
     rollback_verdict,
     shadow_agreement,
 )
-from streams.lifecycle.retrainer import Retrainer, RetrainerConfig
+from streams.lifecycle.retrainer import Retrainer
+from streams.lifecycle.retrainer_config import RetrainerConfig
 from streams.lifecycle.swap import SwapConfig, score_onnx
 from streams.records import Label
 

@@ -82,7 +82,7 @@ def test_two_workers_a_role_on_8_partitions_lose_nothing_through_kill_9_and_rest
 ) -> None:
     from models.extra_features import add_model_features
     from models.simulator import simulate
-    from streams.jobs.job import load_model
+    from streams.clients.triton_models import load_model
     from streams.replay.dataset import Dataset
     from streams.replay.producer import ReplayOptions, replay
     from streams.settings import Settings

@@ -50,6 +50,7 @@ def test_serving_comes_back_by_itself_after_a_bare_triton_restart_and_a_lost_rou
     from infra.local.manager import Stack
     from streams.clients.router import ModelRouter
     from streams.settings import Settings
+    from streams.topics import kafka_layout
 
     shell("up")
     endpoints = json.loads((tmp_path / "state" / "endpoints.json").read_text())
@@ -77,7 +78,8 @@ def test_serving_comes_back_by_itself_after_a_bare_triton_restart_and_a_lost_rou
     # A Triton restarted bare, as a rescheduled pod comes back: nothing loaded.
     for name, value in shell.env.items():
         monkeypatch.setenv(name, value)
-    service = Stack(Settings.from_env()).services["triton"]
+    settings = Settings.from_env()
+    service = Stack(settings, kafka_layout(settings.partitions)).services["triton"]
     seen: list[float | None] = []
     sampling = threading.Event()
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streams.dataplane import terminal_batch
+from streams.dataplane import terminal_features, terminal_histories
 from streams.dataplane.features import (
     DAY,
     TERMINAL_DTYPE,
@@ -23,7 +23,8 @@ from streams.dataplane.features import (
     terminal_window_features,
     update_terminal_history,
 )
-from streams.dataplane.terminal_batch import terminal_features_batch, update_terminal_histories
+from streams.dataplane.terminal_features import terminal_features_batch
+from streams.dataplane.terminal_histories import update_terminal_histories
 
 DELAY = 7 * DAY
 T0 = 1_600_000_000.0  # 2020-09-13, a Sunday
@@ -95,7 +96,7 @@ class Counter:
 def scalar_rows(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Counts the rows the batch hands to the scalar feature function."""
     counter = Counter(terminal_window_features)
-    monkeypatch.setattr(terminal_batch, "terminal_window_features", counter)
+    monkeypatch.setattr(terminal_features, "terminal_window_features", counter)
     return counter
 
 
@@ -103,7 +104,7 @@ def scalar_rows(monkeypatch: pytest.MonkeyPatch) -> Counter:
 def scalar_labels(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Counts the labels the batch hands to the scalar update function."""
     counter = Counter(update_terminal_history)
-    monkeypatch.setattr(terminal_batch, "update_terminal_history", counter)
+    monkeypatch.setattr(terminal_histories, "update_terminal_history", counter)
     return counter
 
 

@@ -319,7 +319,7 @@ def test_the_loader_asks_every_endpoint_even_when_one_fails(
         if url == A:
             raise RuntimeError("connection refused")
 
-    monkeypatch.setattr("streams.jobs.job.load_model", load_model)
+    monkeypatch.setattr("streams.clients.triton_models.load_model", load_model)
     load = triton_loader(f"{A},{B}", Path("repo"))
     with pytest.raises(RuntimeError, match=r"not loaded on 1 of 2 .*10\.0\.0\.1:8001"):
         load([2, 1])

@@ -65,6 +65,7 @@ def test_two_tritons_lose_no_request_when_one_stops_and_comes_back_bare_and_swap
 ) -> None:
     from infra.local.manager import Stack
     from streams.settings import Settings
+    from streams.topics import kafka_layout
 
     first = _consecutive_free_ports(6)
     shell.env.update({
@@ -106,7 +107,8 @@ def test_two_tritons_lose_no_request_when_one_stops_and_comes_back_bare_and_swap
     # The second Triton goes away: the first one serves alone, no request fails.
     for name, value in shell.env.items():
         monkeypatch.setenv(name, value)
-    second = Stack(Settings.from_env()).services["triton-2"]
+    settings = Settings.from_env()
+    second = Stack(settings, kafka_layout(settings.partitions)).services["triton-2"]
     up_seen: list[float] = []
     sampling = threading.Event()
 

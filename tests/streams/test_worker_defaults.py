@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from streams.dataplane.app import WorkerConfig
+from streams.dataplane.config import WorkerConfig
 from streams.dataplane.worker import role_defaults
 from streams.settings import Settings
 

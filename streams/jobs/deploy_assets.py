@@ -9,8 +9,8 @@ module, never by hand:
 - ``kafka-topics.yaml``: a Strimzi ``KafkaTopic`` for each topic of
   :func:`streams.topics.topic_partitions`, with the cluster's partition count;
 - ``kafka-users.yaml``: the ``KafkaUser`` of the factory with exactly the ACLs of
-  :func:`infra.local.kafka_security.factory_acl_rules` (those the local secured broker
-  enforces), and KEDA's, which may only describe the workers' topics and groups;
+  :func:`streams.topics.factory_acl_rules` (those the local secured broker enforces),
+  and KEDA's, which may only describe the workers' topics and groups;
 - ``fraud-factory.json`` and ``feature_store.yaml``: copies of the Grafana dashboard and
   of Feast's repository configuration, for the ConfigMaps;
 
@@ -18,8 +18,8 @@ and ``infra/k8s/components/redis-cluster/feature_store.yaml``: Feast's configura
 ``redis_type: redis_cluster``, for the component that puts the online store on a Redis
 Cluster.
 
-    python -m infra.deploy_assets            # write them again after editing a source
-    python -m infra.deploy_assets --check    # exit 1 when a committed one differs
+    python -m streams.jobs.deploy_assets            # write them again after editing a source
+    python -m streams.jobs.deploy_assets --check    # exit 1 when a committed one differs
 
 ``tests/infra/test_k8s.py`` runs the check.
 """
@@ -33,16 +33,15 @@ from typing import Any
 
 import yaml
 
-from infra.local.kafka_security import factory_acl_rules
-from streams.topics import LABELS, TRANSACTIONS, topic_partitions
+from streams.settings import REPO_ROOT
+from streams.topics import LABELS, TRANSACTIONS, factory_acl_rules, topic_partitions
 
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "infra" / "k8s"
+K8S = REPO_ROOT / "infra" / "k8s"
 GENERATED = K8S / "base" / "generated"
 REDIS_CLUSTER = K8S / "components" / "redis-cluster"
-RULES = ROOT / "infra" / "prometheus" / "factory-rules.yml"
-DASHBOARD = ROOT / "infra" / "grafana" / "dashboards" / "fraud-factory.json"
-FEATURE_STORE = ROOT / "feature_repo" / "feature_store.yaml"
+RULES = REPO_ROOT / "infra" / "prometheus" / "factory-rules.yml"
+DASHBOARD = REPO_ROOT / "infra" / "grafana" / "dashboards" / "fraud-factory.json"
+FEATURE_STORE = REPO_ROOT / "feature_repo" / "feature_store.yaml"
 
 KAFKA_CLUSTER = "factory-kafka"
 """The Strimzi ``Kafka`` resource of infra/k8s/base/kafka.yaml."""
@@ -53,7 +52,7 @@ REPLICAS = 3
 """Replicas of every topic (three brokers, ``min.insync.replicas`` 2)."""
 FACTORY_USER = "factory"
 KEDA_USER = "factory-keda"
-HEADER = ("# Made by `python -m infra.deploy_assets` from {source}: do not edit.\n")
+HEADER = ("# Made by `python -m streams.jobs.deploy_assets` from {source}: do not edit.\n")
 
 
 def _dump(objects: list[dict[str, Any]]) -> str:
@@ -112,7 +111,7 @@ def kafka_users() -> str:
                 "authorization": {"type": "simple", "acls": acls},
             },
         })
-    return HEADER.format(source="infra/local/kafka_security.py") + _dump(users)
+    return HEADER.format(source="streams/topics.py") + _dump(users)
 
 
 def cluster_feature_store() -> str:
@@ -121,8 +120,8 @@ def cluster_feature_store() -> str:
     online = "online_store:\n  type: redis\n"
     if text.count(online) != 1:
         raise ValueError(f"{FEATURE_STORE} has no '{online.strip()}' block to extend")
-    return ("# Made by `python -m infra.deploy_assets` from feature_repo/feature_store.yaml "
-            "(redis_type\n# redis_cluster added): do not edit.\n"
+    return ("# Made by `python -m streams.jobs.deploy_assets` from "
+            "feature_repo/feature_store.yaml\n# (redis_type redis_cluster added): do not edit.\n"
             + text.replace(online, online + "  redis_type: redis_cluster\n"))
 
 
@@ -139,7 +138,8 @@ def assets() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.deploy_assets", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m streams.jobs.deploy_assets",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 when a committed file differs")
@@ -149,14 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         if path.exists() and path.read_text() == text:
             continue
         if args.check:
-            stale.append(str(path.relative_to(ROOT)))
+            stale.append(str(path.relative_to(REPO_ROOT)))
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-        print(f"wrote {path.relative_to(ROOT)}")
+        print(f"wrote {path.relative_to(REPO_ROOT)}")
     if stale:
         print(f"out of date with their sources: {', '.join(stale)}; "
-              "run python -m infra.deploy_assets")
+              "run python -m streams.jobs.deploy_assets")
         return 1
     return 0
 
