@@ -35,7 +35,6 @@ machine: the benchmark's own producer and the services share its cores with the 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -43,9 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 import numpy as np
-from confluent_kafka import Consumer, TopicPartition
 
 from bench.common import (
     STACK_PORTS,
@@ -61,212 +58,29 @@ from bench.common import (
     utc_date,
     write_report,
 )
+from bench.e2e_report import plot, print_table
+from bench.e2e_rig import (
+    Feed,
+    batch_counts,
+    cpu,
+    per_event,
+    percentiles,
+    phase_stages,
+    read_back,
+    wait_scored,
+)
 from bench.profile import Sampler, profile_report, py_spy
 from infra.local.base import free_port
 from infra.local.manager import Stack
-from streams.clients.kafka_io import producer, topic_end_offsets
+from streams.clients.kafka_io import topic_end_offsets
 from streams.clients.triton_models import load_model
 from streams.dataplane.worker import WorkerProcess
 from streams.jobs.job import JobSize, ensure_first_model, reset_online_store, stage_seconds
-from streams.replay.dataset import Dataset, LabelSchedule
-from streams.settings import REPO_ROOT, Settings
-from streams.topics import LABELS, SCORES, TRANSACTIONS, kafka_layout
+from streams.replay.dataset import Dataset
+from streams.settings import REPO_ROOT
+from streams.topics import SCORES, TRANSACTIONS, kafka_layout
 
 RESULTS = REPO_ROOT / "bench" / "results"
-CHUNK = 20_000
-
-
-class Feed:
-    """Transactions of one dataset in order, each label once the event clock reaches it."""
-
-    def __init__(self, dataset: Dataset, bootstrap: str, settings: Settings) -> None:
-        self.dataset = dataset
-        assert dataset.is_fraud is not None
-        self.schedule = LabelSchedule.build(dataset.event_time, dataset.delay_s)
-        self.next_row = self.label_pos = self.labels_sent = 0
-        self.client = producer(bootstrap, settings, **{
-            "linger.ms": 5, "enable.idempotence": True,
-            "queue.buffering.max.messages": 2_000_000, "queue.buffering.max.kbytes": 1_048_576,
-        })
-
-    def send_raw(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
-        """Produce encoded messages as they are (the schedule is not moved)."""
-        self._send(topic, keys, values)
-
-    def _send(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
-        produce = self.client.produce
-        for key, value in zip(keys, values, strict=True):
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:
-                    self.client.poll(0.01)
-        self.client.poll(0)
-
-    def send(self, end: int) -> None:
-        """Produce transactions ``next_row..end-1`` and the labels due by the last one."""
-        if end <= self.next_row:
-            return
-        self._send(TRANSACTIONS, *self.dataset.encode_transactions(self.next_row, end))
-        self.next_row = end
-        clock = int(self.dataset.event_time[end - 1])
-        label_end = self.schedule.due_end(self.label_pos, clock, end)
-        if label_end > self.label_pos:
-            rows = self.schedule.rows[self.label_pos:label_end]
-            self._send(LABELS, *self.dataset.encode_labels(rows))
-            self.labels_sent += label_end - self.label_pos
-            self.label_pos = label_end
-
-    def flush(self) -> None:
-        if self.client.flush(120) != 0:
-            raise RuntimeError("Kafka did not acknowledge every message within 120 s")
-
-    def prefill(self, end: int) -> float:
-        """Rows up to ``end`` as fast as possible; returns the seconds it took."""
-        began = time.monotonic()
-        for start in range(self.next_row, end, CHUNK):
-            self.send(min(end, start + CHUNK))
-            log(f"  pre-fill: {self.next_row:,} of {end:,} transactions, "
-                f"{self.labels_sent:,} labels")
-        self.flush()
-        return time.monotonic() - began
-
-    def paced(self, end: int, rate: float) -> float:
-        """Rows up to ``end`` at ``rate`` a second, evenly spaced; returns the seconds."""
-        start, began = self.next_row, time.monotonic()
-        shown = began
-        while self.next_row < end:
-            now = time.monotonic()
-            due = min(end, start + int((now - began) * rate) + 1)
-            if due > self.next_row:
-                self.send(due)
-            else:
-                self.client.poll(0)
-                time.sleep(min(0.002, max(0.0, (self.next_row - start) / rate - (now - began))))
-            if now - shown > 5:
-                shown = now
-                log(f"  paced: {self.next_row - start:,} of {end - start:,} at "
-                    f"{(self.next_row - start) / (now - began):,.0f}/s")
-        wall = time.monotonic() - began
-        self.flush()
-        return wall
-
-
-def read_back(bootstrap: str, settings: Settings, topic: str, start: dict[int, int],
-              wanted: int, timeout_s: float = 300.0) -> dict[int, tuple[int, float]]:
-    """The first ``(kafka timestamp ms, latency_ms or nan)`` of each tx_id from ``start``.
-
-    Reads until ``wanted`` distinct tx_ids are seen (or the topic's end at the call).
-    """
-    end = topic_end_offsets(bootstrap, settings, topic)
-    consumer = Consumer({**settings.kafka.client_config(bootstrap),
-                         "group.id": f"bench-e2e-{topic}-{time.monotonic_ns()}",
-                         "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
-    remaining = sum(end[p] - o for p, o in start.items())
-    seen: dict[int, tuple[int, float]] = {}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while remaining > 0 and len(seen) < wanted and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=10_000, timeout=0.5):
-                if message.error():
-                    continue
-                remaining -= 1
-                kind, stamp = message.timestamp()
-                if kind != confluent_kafka.TIMESTAMP_CREATE_TIME:
-                    raise RuntimeError(f"{topic}: timestamps are not CreateTime ({kind})")
-                value = json.loads(message.value())
-                seen.setdefault(value["tx_id"], (stamp, value.get("latency_ms", np.nan)))
-    finally:
-        consumer.close()
-    return seen
-
-
-def wait_scored(workers: list[WorkerProcess], scorer: WorkerProcess, total: int,
-                timeout_s: float, logs: Path) -> None:
-    """Wait until the scoring worker's counter reaches ``total`` (cheap: no consumer)."""
-    deadline = time.monotonic() + timeout_s
-    shown = 0.0
-    while True:
-        if not all(w.alive() for w in workers):
-            raise SystemExit(f"a worker stopped; see {logs}/*-worker.log")
-        scored = scorer.metrics().get("factory_events_scored_total", 0.0)
-        if scored >= total:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {scored:,.0f} of {total:,} scored in {timeout_s:.0f} s")
-        if time.monotonic() - shown > 5:
-            shown = time.monotonic()
-            log(f"  {scored:,.0f} of {total:,} scored")
-        time.sleep(0.5)
-
-
-def batch_counts(scorer: WorkerProcess) -> tuple[int, float]:
-    """Micro-batches the scoring worker has read so far, and the events in them."""
-    samples = scorer.metrics()
-    return (int(samples.get("factory_batch_size_count", 0)),
-            samples.get("factory_batch_size_sum", 0.0))
-
-
-def percentiles(values: np.ndarray) -> dict[str, float]:
-    points = {"p50": 50, "p90": 90, "p99": 99, "p99_9": 99.9, "max": 100}
-    return {k: round(float(np.percentile(values, q)), 2) for k, q in points.items()} | {
-        "mean": round(float(values.mean()), 2)}
-
-
-def cpu(after: dict[str, float | None], before: dict[str, float | None]) -> dict:
-    """CPU seconds of each process (group) between two readings."""
-    return {k: round(v - (before.get(k) or 0.0), 2) if v is not None else None
-            for k, v in after.items()}
-
-
-def per_event(cpu_s: dict[str, float | None], events: int) -> dict[str, float]:
-    """CPU microseconds an event of each process, and of all of them."""
-    known = {k: v for k, v in cpu_s.items() if v is not None}
-    figures = {k: round(v / events * 1e6, 1) for k, v in known.items()} if events else {}
-    if events:
-        figures["all processes"] = round(sum(known.values()) / events * 1e6, 1)
-    return figures
-
-
-def phase_stages(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
-
-
-def plot(phases: list[tuple[float, np.ndarray, np.ndarray, list[float]]],
-         path: Path) -> None:
-    """Latency CDF of each steady-rate phase (both measures), and the median by second."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (axis, over_time) = plt.subplots(1, 2, figsize=(12, 4))
-    for rate, e2e_ms, record_ms, p50_by_second in phases:
-        over_time.plot(np.arange(len(p50_by_second)), p50_by_second,
-                       label=f"{rate:,.0f} events/s")
-        for values, label in ((e2e_ms, "score append - transaction append"),
-                              (record_ms, "Score.latency_ms (worker clock)")):
-            ordered = np.sort(values)
-            axis.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered),
-                      label=f"{rate:,.0f}/s: {label}")
-    over_time.set_xlabel("second of the latency phase (transaction timestamp)")
-    over_time.set_ylabel("median latency, ms (Kafka timestamps)")
-    over_time.set_yscale("log")
-    over_time.grid(True, which="both", alpha=0.3)
-    over_time.legend(fontsize=8)
-    over_time.set_title("Median by second: flat when the worker keeps up", fontsize=10)
-    axis.axvline(50, color="grey", linestyle=":", label="goal: p99 50 ms")
-    axis.set_xscale("log")
-    axis.set_xlabel("latency, ms")
-    axis.set_ylabel("share of transactions")
-    axis.set_title("End-to-end latency at steady rates (live mode)", fontsize=10)
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,54 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     phases = [half] + ([steady] if steady is not None else [])
     complete = all(phase["matched"] == phase["events"] for phase in phases)
     return 0 if len(scores_a) >= args.events and complete else 1
-
-
-def print_table(report: dict[str, Any], output: Path) -> None:
-    a = report["max_rate"]
-    phases = [p for p in (report["latency"], report.get("latency_steady")) if p]
-    print("\n| figure | value |\n|---|---|")
-    print(f"| max rate: transactions pre-filled (labels) | {a['events']:,} "
-          f"({a['labels_prefilled']:,}) |")
-    print(f"| max rate: scored events/s, first to last score | {a['events_per_s']:,.0f} |")
-    print(f"| max rate: worker start to last score, s | {a['worker_start_to_last_score_s']} |")
-    for b in phases:
-        k, r = b["kafka_timestamps_ms"], b["score_record_latency_ms"]
-        name = f"at {b['target_rate']:,.0f}/s"
-        print(f"| {name}: rate achieved, events/s | {b['achieved_rate']:,.0f} |")
-        print(f"| {name}: transactions scored / sent | {b['matched']:,} / {b['events']:,} |")
-        print(f"| {name}: latency, Kafka timestamps: p50 / p99 / max ms | {k['p50']} / "
-              f"{k['p99']} / {k['max']} |")
-        print(f"| {name}: latency, Score.latency_ms: p50 / p99 / max ms | {r['p50']} / "
-              f"{r['p99']} / {r['max']} |")
-        by_second = b["kafka_timestamps_p50_ms_by_second"]
-        tenth = max(1, len(by_second) // 10)
-        print(f"| {name}: median latency, first / last tenth of the phase, ms | "
-              f"{np.median(by_second[:tenth]):.1f} / {np.median(by_second[-tenth:]):.1f} |")
-    heads = ["max rate", *(f"{b['target_rate']:,.0f}/s" for b in phases)]
-    print("\n| CPU µs an event | " + " | ".join(heads) + " |\n|---|" + "---|" * len(heads))
-    for name in a["cpu_us_per_event"]:
-        print(f"| {name} | {a['cpu_us_per_event'][name]} | "
-              + " | ".join(str(b["cpu_us_per_event"].get(name, "")) for b in phases) + " |")
-    print("\n| stage seconds (worker:stage) | " + " | ".join(heads) + " |\n|---|"
-          + "---|" * len(heads))
-    for name in sorted(a["stage_seconds"], key=lambda n: -a["stage_seconds"][n]):
-        print(f"| {name} | {a['stage_seconds'][name]:.2f} | "
-              + " | ".join(f"{b['stage_seconds'].get(name, 0.0):.2f}" for b in phases) + " |")
-    print(f"| score: micro-batches (mean events) | {a['micro_batches']:,} ({a['mean_batch']}) | "
-          + " | ".join(f"{b['micro_batches']:,} ({b['mean_batch']})" for b in phases) + " |")
-    profile = a.get("scoring_worker_profile") or {}
-    if profile.get("samples"):
-        print(f"\nscoring worker on a second backlog of {profile.get('events', 0):,}: "
-              f"py-spy {profile['samples']:,} samples, "
-              f"Python busy {profile['busy_python_fraction']:.0%} of the phase")
-        for key, title in (("by_area", "area of the leaf frame"),
-                           ("by_stage", "innermost project function on the stack")):
-            print(f"\n| {title} | share of samples |\n|---|---|")
-            for row in profile[key][:10]:
-                print(f"| {row['name']} | {row['share']:.1%} |")
-    info = report["machine"]
-    print(f"\n{info['cpu']} ({info['cpus']} CPUs, load {info['load_average_1m']}); "
-          f"results in {output} and {output.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from bench.common import (
     utc_date,
     write_report,
 )
-from bench.e2e import Feed, cpu, per_event, read_back
+from bench.e2e_rig import Feed, cpu, per_event, read_back
 from infra.local.base import free_port
 from infra.local.manager import Stack
 from streams.clients.kafka_io import pin_new_group, topic_end_offsets
