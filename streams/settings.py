@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from infra.settings import ServiceSettings, env, env_ints
+from infra.settings import REPO_ROOT, ServiceSettings, env, env_ints
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["REPO_ROOT", "Settings"]  # the repository root is infra's (one place)
 
 
 @dataclass(frozen=True)
